@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import timefeatures
 from .layers import (
     AutoCorrelation,
     AutoCorrelationLayer,
@@ -79,12 +80,6 @@ _POSITIVE_INTS = (
     "factor",
     "n_outputs",
 )
-
-
-def _n_time_features(freq: str) -> int:
-    from .timefeatures import n_time_features
-
-    return n_time_features(freq)
 
 
 @dataclass
@@ -176,14 +171,14 @@ class AutoformerConfig:
                 f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
             )
         try:
-            _n_time_features(self.freq)
+            timefeatures.n_time_features(self.freq)
         except ValueError as error:
             raise ValueError(f"freq={self.freq!r} is not valid: {error}") from None
 
     @property
     def n_time_features(self) -> int:
         """Width of the time marks ``x_mark_enc``/``x_mark_dec`` for ``freq``."""
-        return _n_time_features(self.freq)
+        return timefeatures.n_time_features(self.freq)
 
     @property
     def dec_len(self) -> int:
@@ -230,6 +225,7 @@ class Autoformer(nn.Module):
         self.config = config
         c = config
         n_marks = c.n_time_features
+        self.n_time_features = n_marks
 
         self.decomp = SeriesDecomposition(c.moving_avg)
         self.enc_embedding = DataEmbedding(c.enc_in, n_marks, c.d_model, c.dropout)
@@ -271,9 +267,12 @@ class Autoformer(nn.Module):
         )
 
     def weight_groups(self) -> dict[str, list[str]]:
-        """Return the parameter names of each layer group (see
-        :func:`parameter_group`), in ``named_parameters()`` order; every group in
-        :data:`PARAMETER_GROUPS` is a key."""
+        """Return the parameter names of each layer group.
+
+        Groups are those of :func:`parameter_group`; every group in
+        :data:`PARAMETER_GROUPS` is a key, and names keep ``named_parameters()``
+        order.
+        """
         groups = {group: [] for group in PARAMETER_GROUPS}
         for name, _ in self.named_parameters():
             groups[parameter_group(name)].append(name)
@@ -282,7 +281,7 @@ class Autoformer(nn.Module):
     def _check_inputs(self, x_enc, x_mark_enc, x_dec, x_mark_dec) -> None:
         c = self.config
         batch = x_enc.shape[0] if x_enc.dim() == 3 else None
-        marks = c.n_time_features
+        marks = self.n_time_features
         expected = {
             "x_enc": (x_enc, (batch, c.seq_len, c.enc_in)),
             "x_mark_enc": (x_mark_enc, (batch, c.seq_len, marks)),

@@ -35,7 +35,8 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.func import functional_call
 
-from .autoformer import Autoformer, AutoformerConfig
+from .autoformer import PARAMETER_GROUPS as LAYER_GROUPS
+from .autoformer import Autoformer, AutoformerConfig, parameter_group
 from .likelihoods import LIKELIHOODS, make_likelihood
 from .naming import unique_name
 
@@ -48,21 +49,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LAYER_GROUPS = ("embedding", "encoder", "decoder", "projection")
 PRIOR_SCALES = ("fixed", "fan_in")
-
-
-def layer_group(parameter_name: str) -> str:
-    """The layer group of an Autoformer parameter: one of :data:`LAYER_GROUPS`."""
-    if parameter_name.startswith(("enc_embedding.", "dec_embedding.")):
-        return "embedding"
-    if parameter_name.startswith("decoder.projection."):
-        return "projection"
-    if parameter_name.startswith("encoder."):
-        return "encoder"
-    if parameter_name.startswith("decoder."):
-        return "decoder"
-    raise ValueError(f"parameter {parameter_name!r} belongs to no layer group")
 
 
 @dataclass(frozen=True)
@@ -190,7 +177,7 @@ class BayesianAutoformer(PyroModule):
             names.append(name)
             shapes.append(tuple(param.shape))
             scales.append(scale)
-            groups[name] = layer_group(name)
+            groups[name] = parameter_group(name)
             initial[name] = param.detach().clone()
             # The weight now comes from the sample site, not from the module.
             del module._parameters[attr]
@@ -219,7 +206,7 @@ class BayesianAutoformer(PyroModule):
         chosen = set()
         for token in tokens:
             if token in LAYER_GROUPS:
-                matched = {n for n in candidates if layer_group(n) == token}
+                matched = {n for n in candidates if parameter_group(n) == token}
             else:
                 matched = {n for n in candidates if fnmatch.fnmatchcase(n, token)}
             if not matched:

@@ -158,7 +158,7 @@ class TrainConfig:
     :param str device: ``cpu``, ``cuda`` or ``cuda:N``.
     :param float clip_norm: gradient norm clip (0 disables it).
     :param max_steps_per_epoch: cap on steps per epoch (a smaller, faster epoch).
-    :param max_eval_windows: evaluate on at most this many test windows, evenly
+    :param max_eval_windows: validate and test on at most this many windows, evenly
         spaced (``None``: all).
     :param bool progress: show progress bars (only on a terminal).
     """

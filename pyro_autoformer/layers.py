@@ -58,7 +58,10 @@ class MovingAverage(nn.Module):
         self.kernel_size = kernel_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: series ``(batch, time, channels)``."""
+        """Return the trend of ``x``, of the same shape.
+
+        :param torch.Tensor x: series ``(batch, time, channels)``.
+        """
         return moving_average(x, self.kernel_size)
 
     def extra_repr(self) -> str:
@@ -103,7 +106,10 @@ class SeasonalLayerNorm(nn.Module):
         self.layernorm = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: ``(batch, time, channels)``."""
+        """Return the normalised, time-centred ``x``, of the same shape.
+
+        :param torch.Tensor x: ``(batch, time, channels)``.
+        """
         x_hat = self.layernorm(x)
         return x_hat - x_hat.mean(dim=1, keepdim=True)
 
@@ -249,7 +255,9 @@ class AutoCorrelationLayer(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
-        """:param torch.Tensor queries: ``(batch, time, d_model)``.
+        """Project, correlate and aggregate, and project back.
+
+        :param torch.Tensor queries: ``(batch, time, d_model)``.
         :param torch.Tensor keys: ``(batch, source_time, d_model)``.
         :param torch.Tensor values: ``(batch, source_time, d_model)``.
         :returns: ``(batch, time, d_model)``.
@@ -279,8 +287,10 @@ class TokenEmbedding(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: ``(batch, time, c_in)``; returns
-        ``(batch, time, d_model)``."""
+        """Embed values ``(batch, time, c_in)`` as ``(batch, time, d_model)``.
+
+        :param torch.Tensor x: ``(batch, time, c_in)``.
+        """
         return self.tokenConv(x.transpose(1, 2)).transpose(1, 2)
 
 
@@ -297,7 +307,10 @@ class TimeFeatureEmbedding(nn.Module):
         self.embed = nn.Linear(n_features, d_model, bias=False)
 
     def forward(self, x_mark: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x_mark: ``(batch, time, n_features)``."""
+        """Embed time features as ``(batch, time, d_model)``.
+
+        :param torch.Tensor x_mark: ``(batch, time, n_features)``.
+        """
         return self.embed(x_mark)
 
 
@@ -321,7 +334,9 @@ class DataEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, x_mark: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: values ``(batch, time, c_in)``.
+        """Embed a series and its time features.
+
+        :param torch.Tensor x: values ``(batch, time, c_in)``.
         :param torch.Tensor x_mark: time features ``(batch, time, n_time_features)``.
         :returns: ``(batch, time, d_model)``.
         """
@@ -361,8 +376,10 @@ class EncoderLayer(nn.Module):
         self.activation = _ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: ``(batch, seq_len, d_model)``; returns the same
-        shape."""
+        """Return the seasonal part after the layer, of the shape of ``x``.
+
+        :param torch.Tensor x: ``(batch, seq_len, d_model)``.
+        """
         x = x + self.dropout(self.attention(x, x, x))
         x, _ = self.decomp1(x)
 
@@ -385,7 +402,10 @@ class Encoder(nn.Module):
         self.norm = norm_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """:param torch.Tensor x: ``(batch, seq_len, d_model)``."""
+        """Encode the embedded context; returns ``(batch, seq_len, d_model)``.
+
+        :param torch.Tensor x: ``(batch, seq_len, d_model)``.
+        """
         for layer in self.attn_layers:
             x = layer(x)
         return self.norm(x)
@@ -396,7 +416,9 @@ class DecoderLayer(nn.Module):
 
     Each of the three sub-layers is followed by a decomposition; their three
     trends are summed and projected to ``c_out`` channels by a width-3 circular
-    convolution, to be accumulated by the :class:`Decoder`.
+    convolution, to be accumulated by the :class:`Decoder`. The self
+    Auto-Correlation is not masked; the reference takes a mask argument but never
+    applies it.
 
     :param AutoCorrelationLayer self_attention: Auto-Correlation of the decoder
         input with itself.

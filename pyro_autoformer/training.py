@@ -80,8 +80,12 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, limit=No
     )
 
 
-def make_tuner(model, tuning: TuningConfig, total_epochs: int, steps_per_epoch: int):
-    """A :class:`~pyro_autoformer.tuning.KLTuner` configured from ``tuning``."""
+def make_tuner(model, tuning: TuningConfig, total_epochs: int, steps_per_epoch):
+    """A :class:`~pyro_autoformer.tuning.KLTuner` configured from ``tuning``.
+
+    Per-step updates (``steps_per_epoch`` given) smooth the noisy minibatch terms
+    over 20 updates; per-epoch updates over 5.
+    """
     start, end = tuning.max_kl_weight, tuning.min_kl_weight
     if tuning.warmup:
         start, end = end, start
@@ -96,6 +100,7 @@ def make_tuner(model, tuning: TuningConfig, total_epochs: int, steps_per_epoch: 
         anneal_start_weight=start,
         anneal_end_weight=end,
         steps_per_epoch=steps_per_epoch,
+        window=5 if steps_per_epoch is None else 20,
     )
 
 
@@ -145,7 +150,9 @@ class SVITrainer:
         self.train_loader = make_loader(
             data.train, train.batch_size, shuffle=True, seed=train.seed
         )
-        self.val_loader = make_loader(data.val, train.batch_size, shuffle=False)
+        self.val_loader = make_loader(
+            data.val, train.batch_size, shuffle=False, limit=train.max_eval_windows
+        )
         steps = len(self.train_loader)
         if train.max_steps_per_epoch is not None:
             steps = min(steps, train.max_steps_per_epoch)
@@ -335,7 +342,9 @@ def train_deterministic(
     torch.manual_seed(train.seed)
     net.to(device).train()
     train_loader = make_loader(data.train, train.batch_size, True, seed=train.seed)
-    val_loader = make_loader(data.val, train.batch_size, False)
+    val_loader = make_loader(
+        data.val, train.batch_size, False, limit=train.max_eval_windows
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=train.learning_rate)
     cfg = data.config
     best, best_state, stale, epochs = math.inf, None, 0, []

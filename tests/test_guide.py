@@ -188,15 +188,16 @@ def test_svi_recovers_the_exact_posterior_of_orthogonal_linear_regression(loss):
     elbo = (
         BetaELBO(beta=1.0) if loss == "beta_elbo" else pyro.infer.TraceMeanField_ELBO()
     )
-    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.998})
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.997})
     svi = pyro.infer.SVI(model, guide, optim, loss=elbo)
 
-    for _ in range(2500):
+    for _ in range(1500):
         svi.step(x, y)
 
     loc = guide.median()["w"].double()
     scale = guide.scale.detach().double()
-    np.testing.assert_allclose(loc.numpy(), mean.numpy(), atol=0.25 * std.min().item())
+    # Within a fifth of a posterior standard deviation, and 10 % on the scales.
+    assert ((loc - mean) / std).abs().max() < 0.2
     np.testing.assert_allclose(scale.numpy(), std.numpy(), rtol=0.1)
 
 

@@ -119,15 +119,14 @@ def test_adaptive_per_epoch_reaches_target_and_stays_within_one_point(scale, see
 @pytest.mark.parametrize("scale", [100.0, 0.01])
 def test_adaptive_per_epoch_does_not_oscillate_after_converging(scale):
     _, true, tuner = run_per_epoch(scale)
-    settled = true[30:] - 0.1
-    assert settled.std() < 0.003
-    weights = np.log([r.weight for r in tuner.history][30:])
-    assert weights.std() < 0.1
-    # the weight drifts with the falling data term rather than flipping back and
-    # forth: few direction changes of the smoothed weight
-    smooth = np.convolve(weights, np.ones(5) / 5, mode="valid")
-    flips = np.sum(np.diff(np.sign(np.diff(smooth))) != 0)
-    assert flips <= len(smooth) // 4
+    settled = true[20:] - 0.1
+    assert settled.std() < 0.005
+    # an oscillating controller would cross the target every few updates
+    assert np.sum(np.diff(np.sign(settled)) != 0) <= 8
+    # and its weight would reverse direction at every update; this one drifts
+    log_weights = np.log([r.weight for r in tuner.history][20:])
+    reversals = np.sum(np.diff(np.sign(np.diff(log_weights))) != 0)
+    assert reversals <= 10
 
 
 @pytest.mark.parametrize("scale", [100.0, 0.01])
@@ -163,10 +162,13 @@ def test_adaptive_recovers_quickly_after_long_saturation():
 
 def test_weights_stay_within_clamps_under_absurd_losses():
     tuner = KLTuner(min_weight=1e-5, max_weight=1e-2)
-    for epoch, kl in enumerate([1e-9, 1e-9, 1e9, 1e9, 1e-9]):
-        weight, _ = tuner.update_kl_weight(epoch, 1.0, kl)
-        assert 1e-5 <= weight <= 1e-2
-    assert weight == pytest.approx(1e-2)
+    weights = [
+        tuner.update_kl_weight(epoch, 1.0, kl)[0]
+        for epoch, kl in enumerate([1e-9] * 10 + [1e9] * 10)
+    ]
+    assert all(1e-5 <= w <= 1e-2 for w in weights)
+    assert max(weights) == pytest.approx(1e-2)
+    assert min(weights) == pytest.approx(1e-5)
 
 
 # --- the convention -----------------------------------------------------------------
@@ -329,7 +331,9 @@ def test_annealing_without_total_epochs_explains():
 
 def test_fixed_method_keeps_the_weight():
     tuner = KLTuner(initial_weight=4e-3)
-    weights = {tuner.update_kl_weight(e, 1.0 / (e + 1), 5.0, "fixed")[0] for e in range(5)}
+    weights = {
+        tuner.update_kl_weight(e, 1.0 / (e + 1), 5.0, "fixed")[0] for e in range(5)
+    }
     assert weights == {4e-3}
 
 

@@ -50,7 +50,9 @@ def test_fixed_policy_never_moves():
     policy = FixedPolicy(3e-3)
     weights = {
         policy.next_weight(obs(data_loss=d, kl_loss=k, weight=w, position=t))
-        for t, (d, k, w) in enumerate([(1.0, 5.0, 1e-5), (-2.0, 0.1, 1.0), (0.0, 0.0, 0.5)])
+        for t, (d, k, w) in enumerate(
+            [(1.0, 5.0, 1e-5), (-2.0, 0.1, 1.0), (0.0, 0.0, 0.5)]
+        )
     }
     assert weights == {3e-3}
 

@@ -235,7 +235,7 @@ class MeanFieldGuide(AutoGuide):
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior median (= mean) of every site."""
         self._check_setup()
-        return {k: v.detach() for k, v in self._split(self.loc).items()}
+        return {k: v.detach().clone() for k, v in self._split(self.loc).items()}
 
     def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior quantiles of every site, stacked along a new first dimension."""

@@ -152,20 +152,19 @@ def _kl_share_low(frame, config) -> Finding | None:
     if share >= config.low_share or (target is not None and target < config.low_share):
         return None
     weights = recent["weight"].to_numpy(dtype=float)
-    pinned = bool(np.allclose(weights, weights[-1], rtol=1e-9))
+    adaptive = bool((recent["method"] == "adaptive").all())
+    pinned = adaptive and bool(np.allclose(weights, weights[-1], rtol=1e-9))
+    message = (
+        f"The KL share stayed at {100 * share:.2f}% (median of the last "
+        f"{len(recent)} updates), below {100 * config.low_share:g}%: the KL barely "
+        "regularises."
+    )
+    if pinned:
+        message += " The adaptive weight did not move: it is likely at max_weight."
     return Finding(
         name="kl_share_low",
-        message=(
-            f"The KL share stayed at {100 * share:.2f}% (median of the last "
-            f"{len(recent)} updates), below {100 * config.low_share:g}%: the KL "
-            "barely regularises."
-            + (
-                " The weight did not move: it may be pinned at max_weight."
-                if pinned
-                else ""
-            )
-        ),
-        evidence={"median_share": share, "target": target, "weight_constant": pinned},
+        message=message,
+        evidence={"median_share": share, "target": target, "weight_pinned": pinned},
         remedies=[
             "Raise the KL weight by hand, or raise max_weight if the adaptive tuner "
             "sits at its ceiling.",

@@ -111,7 +111,10 @@ def plot_history(history: KLHistory, path: PathLike, target: float | None = None
     title = "Total training loss D + weight·K"
     if np.isfinite(val).any():
         keep = np.isfinite(val)
-        sns.lineplot(x=x[keep], y=val[keep], ax=ax_total, color=palette[5], marker="o")
+        marker = "o" if keep.sum() <= 30 else None
+        sns.lineplot(
+            x=x[keep], y=val[keep], ax=ax_total, color=palette[5], marker=marker
+        )
         _label_end(ax_total, x[keep], val[keep], "validation", palette[5])
         title += " (purple) and validation loss (brown)"
     ax_total.set_title(title)

@@ -225,7 +225,7 @@ class KLTuner:
         model=None,
         target_kl_percentage: float = 0.1,
         min_weight: float = 1e-6,
-        max_weight: float = 5e-2,
+        max_weight: float = 1.0,
         initial_weight: float | None = None,
         *,
         window: int = 5,
