@@ -35,6 +35,7 @@ import torch
 
 from pyro_autoformer.autoformer import AutoformerConfig
 from pyro_autoformer.bayesian import BayesianConfig, BayesianEnhancedAutoformer
+from pyro_autoformer.config import TuningConfig
 from pyro_autoformer.data import DataConfig, load_data, prepare_batch
 from pyro_autoformer.guides import MeanFieldGuide
 from pyro_autoformer.training import make_loader
@@ -67,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--target_kl_percentage", type=float, default=0.1)
     parser.add_argument("--min_kl_weight", type=float, default=1e-6)
-    parser.add_argument("--max_kl_weight", type=float, default=10.0)
+    parser.add_argument("--max_kl_weight", type=float,
+                        default=TuningConfig().max_kl_weight,
+                        help="upper clamp; 1 is the exact ELBO")
     parser.add_argument("--prior_std", type=float, default=0.1)
     parser.add_argument("--init_scale", type=float, default=1e-3)
     parser.add_argument("--warmup_batches", type=int, default=3,

@@ -85,7 +85,6 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         tuning=TuningConfig(
             kl_tuning_method=args.kl_tuning_method,
             target_kl_percentage=args.target_kl_percentage,
-            max_kl_weight=10.0,
         ),
         train=TrainConfig(seed=args.seed, progress=False, **train),
         des="prior_std_sweep",

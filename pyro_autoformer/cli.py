@@ -103,7 +103,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         default="cosine",
     )
     tuning.add_argument("--min_kl_weight", type=float, default=1e-6)
-    tuning.add_argument("--max_kl_weight", type=float, default=1.0)
+    tuning.add_argument("--max_kl_weight", type=float, default=10.0)
     tuning.add_argument("--kl_weight", type=float, help="the initial KL weight")
     tuning.add_argument("--warmup", action="store_true", help="anneal upwards")
     tuning.add_argument("--update_every", choices=("step", "epoch"), default="step")
@@ -261,10 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from .checkpoint import CheckpointError
     from .experiment import RunError
+    from .training import NonFiniteLossError
 
     try:
         print(_run(args))
-    except (ValueError, RunError, CheckpointError, OSError) as error:
+    except (ValueError, RunError, CheckpointError, NonFiniteLossError, OSError) as error:
         print(f"pyro-autoformer: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,7 +97,7 @@ class TuningConfig:
     kl_tuning_method: str = "adaptive"
     target_kl_percentage: float = 0.1
     min_kl_weight: float = 1e-6
-    max_kl_weight: float = 1.0
+    max_kl_weight: float = 10.0
     kl_weight: Optional[float] = None
     annealing_schedule: str = "cosine"
     warmup: bool = False

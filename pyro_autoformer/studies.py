@@ -92,10 +92,17 @@ def _study(
         table = pd.DataFrame(rows)
         table.to_csv(staging / "results.csv", index=False)
         (staging / "results.md").write_text(_markdown(table) + "\n")
+        # A metric some run lacks (the deterministic run has no KL) is not drawn.
+        drawn = [m for m in metrics if pd.to_numeric(table[m]).notna().all()]
+        if len(drawn) < len(metrics):
+            logger.info(
+                "comparison.png leaves out %s: not every run has it",
+                ", ".join(m for m in metrics if m not in drawn),
+            )
         plot_comparison(
             table.assign(run=table[key].astype(str)),
             staging / "comparison.png",
-            metrics=metrics,
+            metrics=drawn,
             title=f"{name}: test metrics by run",
         )
         publish(staging, final)

@@ -189,14 +189,16 @@ class SVITrainer:
         self.model.eval()
         weights = self.guide.median()
         squared, nll, count = 0.0, 0.0, 0
-        for batch in self.val_loader:
-            inputs, target = self._prepare(batch)
-            output = self.model.network_output(weights, *inputs)
-            likelihood = self.model.likelihood(output)
-            location = self.model.likelihood.location(output)
-            squared += float(((location - target) ** 2).sum())
-            nll -= float(likelihood.log_prob(target).sum())
-            count += target.numel()
+        # Diverged weights give a NaN score here instead of a validation error.
+        with pyro.validation_enabled(False):
+            for batch in self.val_loader:
+                inputs, target = self._prepare(batch)
+                output = self.model.network_output(weights, *inputs)
+                likelihood = self.model.likelihood(output)
+                location = self.model.likelihood.location(output)
+                squared += float(((location - target) ** 2).sum())
+                nll -= float(likelihood.log_prob(target).sum())
+                count += target.numel()
         self.model.train()
         return squared / count, nll / count
 
@@ -231,9 +233,12 @@ class SVITrainer:
                 if i >= self.steps_per_epoch:
                     break
                 inputs, target = self._prepare(batch)
-                loss = self.elbo.differentiable_loss(
-                    self.model, self.guide, *inputs, target
-                )
+                # Without distribution validation a NaN location or a zero scale
+                # gives a non-finite loss, handled below, not a ValueError.
+                with pyro.validation_enabled(False):
+                    loss = self.elbo.differentiable_loss(
+                        self.model, self.guide, *inputs, target
+                    )
                 if not torch.isfinite(loss):
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
