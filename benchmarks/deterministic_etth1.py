@@ -43,7 +43,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max_steps_per_epoch", type=int)
     parser.add_argument("--max_eval_windows", type=int)
     parser.add_argument("--seed", type=int, default=2021)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

@@ -14,9 +14,10 @@ windows, so a minibatch's log-likelihood is scaled to the whole training set and
 ELBO does not depend on the batch size.
 
 Parameters that stay deterministic (layer norms, biases by default, the likelihood's
-scales) are registered with Pyro's parameter store under a name unique to this model
-instance, so two models built in one process, of equal or different sizes, never
-share or overwrite each other's parameters.
+scales) are ordinary parameters of the network and likelihood submodules. Pyro
+registers them in its parameter store when the model runs, under a name unique to
+this model instance, so two models built in one process, of equal or different sizes,
+never share or overwrite each other's parameters.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import dataclasses
 import fnmatch
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import pyro
 import pyro.distributions as dist
@@ -147,7 +149,7 @@ class BayesianAutoformer(PyroModule):
     def __init__(
         self,
         config: AutoformerConfig,
-        bayes: Optional[BayesianConfig] = None,
+        bayes: BayesianConfig | None = None,
         dataset_size: int = 1,
         kl_weight: float = 1.0,
     ):
@@ -186,7 +188,7 @@ class BayesianAutoformer(PyroModule):
         self._site_groups = groups
         self._initial_weights = initial
         self.register_buffer("prior_scales", torch.tensor(scales, dtype=torch.float32))
-        self._param_prefix = self._pyro_name + "$$$"
+        self._prior_cache = None
 
     def _select_weights(self) -> list[str]:
         tokens = self.bayes.layer_tokens()
@@ -234,15 +236,23 @@ class BayesianAutoformer(PyroModule):
         """Target elements in the training set: windows x pred_len x c_out."""
         return self.dataset_size * self.config.pred_len * self.config.c_out
 
-    def latent_sites(self) -> "OrderedDict[str, dist.Distribution]":
-        """The prior of every weight site, on the model's device."""
-        zero = torch.zeros((), device=self.prior_scales.device)
-        priors = OrderedDict()
-        for i, name in enumerate(self._site_names):
-            shape = self._site_shapes[name]
-            prior = dist.Normal(zero, self.prior_scales[i]).expand(shape)
-            priors[name] = prior.to_event(len(shape))
-        return priors
+    def latent_sites(self) -> OrderedDict[str, dist.Distribution]:
+        """The prior of every weight site, on the model's device and dtype.
+
+        The distributions are built once per device, dtype and version of the prior
+        scales, and reused by every forward pass.
+        """
+        scales = self.prior_scales
+        key = (scales.device, scales.dtype, scales._version)
+        if self._prior_cache is None or self._prior_cache[0] != key:
+            zero = torch.zeros((), device=scales.device, dtype=scales.dtype)
+            priors = OrderedDict()
+            for i, name in enumerate(self._site_names):
+                shape = self._site_shapes[name]
+                prior = dist.Normal(zero, scales[i], validate_args=False).expand(shape)
+                priors[name] = prior.to_event(len(shape))
+            self._prior_cache = (key, priors)
+        return self._prior_cache[1]
 
     def initial_weights(self) -> dict[str, torch.Tensor]:
         """The network's own initial values of the weight sites (PyTorch's default
@@ -285,18 +295,6 @@ class BayesianAutoformer(PyroModule):
             for name, prior in self.latent_sites().items()
         }
 
-    def deterministic_parameters(self) -> dict[str, torch.Tensor]:
-        """The network's and likelihood's ordinary parameters, registered with
-        Pyro's parameter store (so :class:`pyro.infer.SVI` optimises them) under
-        names unique to this instance."""
-        values = {}
-        for prefix, module in (("net.", self.net), ("likelihood.", self.likelihood)):
-            for name, param in module.named_parameters():
-                values[prefix + name] = pyro.param(
-                    self._param_prefix + prefix + name, param
-                )
-        return values
-
     def network_output(
         self,
         weights: dict[str, torch.Tensor],
@@ -304,24 +302,19 @@ class BayesianAutoformer(PyroModule):
         x_mark_enc: torch.Tensor,
         x_dec: torch.Tensor,
         x_mark_dec: torch.Tensor,
-        parameters: Optional[dict[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Run the Autoformer with the given weight-site values.
 
+        Inside the model's call, reading ``self.net`` registers the network's
+        ordinary parameters with Pyro's parameter store (under this instance's
+        unique name), so :class:`pyro.infer.SVI` optimises them.
+
         :param dict weights: a value for every weight site.
-        :param dict parameters: values for the ordinary parameters of the network
-            (keys as in :meth:`deterministic_parameters`, with the ``net.`` prefix);
-            the module's own when omitted.
         :return: raw output ``(batch, pred_len, c_out)`` (with a trailing
             ``n_outputs`` dimension for the quantile likelihood).
         """
-        values = dict(weights)
-        if parameters:
-            values.update(
-                {k[4:]: v for k, v in parameters.items() if k.startswith("net.")}
-            )
         return functional_call(
-            self.net, values, (x_enc, x_mark_enc, x_dec, x_mark_dec), strict=False
+            self.net, weights, (x_enc, x_mark_enc, x_dec, x_mark_dec), strict=False
         )
 
     def forward(self, x_enc, x_mark_enc, x_dec, x_mark_dec, y=None):
@@ -336,28 +329,13 @@ class BayesianAutoformer(PyroModule):
         :return: the point forecast (median) of this draw, ``(batch, pred_len,
             c_out)``.
         """
-        parameters = self.deterministic_parameters()
         weights = self.sample_weights()
-        output = self.network_output(
-            weights, x_enc, x_mark_enc, x_dec, x_mark_dec, parameters
-        )
-        likelihood = self.likelihood_distribution(output, parameters)
+        output = self.network_output(weights, x_enc, x_mark_enc, x_dec, x_mark_dec)
+        likelihood = self.likelihood
         batch = x_enc.shape[0]
         with pyro.plate("data", max(self.dataset_size, batch), subsample_size=batch):
-            pyro.sample("obs", likelihood.to_event(2), obs=y)
-        return self.likelihood.location(output)
-
-    def likelihood_distribution(self, output, parameters=None) -> dist.Distribution:
-        """The likelihood's distribution for a network output, using the given
-        likelihood parameters (keys with the ``likelihood.`` prefix)."""
-        if not parameters:
-            return self.likelihood(output)
-        values = {
-            k[len("likelihood.") :]: v
-            for k, v in parameters.items()
-            if k.startswith("likelihood.")
-        }
-        return functional_call(self.likelihood, values, (output,))
+            pyro.sample("obs", likelihood(output).to_event(2), obs=y)
+        return likelihood.location(output)
 
 
 #: The name the user's guide uses for the same model.

@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -60,7 +60,7 @@ class LoadedRun:
     columns: list
     target_columns: list
     model: Any
-    guide: Optional[MeanFieldGuide]
+    guide: MeanFieldGuide | None
     extra: dict
 
 
@@ -80,9 +80,9 @@ def save_checkpoint(
     columns: list,
     target_columns: list,
     model,
-    guide: Optional[MeanFieldGuide] = None,
+    guide: MeanFieldGuide | None = None,
     dataset_size: int = 1,
-    extra: Optional[dict] = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write a checkpoint atomically and return its path.
 
@@ -91,7 +91,9 @@ def save_checkpoint(
     path = Path(path)
     model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     guide_state = (
-        {} if guide is None else {k: v.detach().cpu() for k, v in guide.state_dict().items()}
+        {}
+        if guide is None
+        else {k: v.detach().cpu() for k, v in guide.state_dict().items()}
     )
     _check_finite({"model": model_state, "guide": guide_state})
     payload = {

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .bayesian import BayesianConfig
 from .config import (
@@ -69,8 +69,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--model", choices=MODELS, default="BayesianEnhancedAutoformer")
     net.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
     for name, kind in (
-        ("d_model", int), ("n_heads", int), ("e_layers", int), ("d_layers", int),
-        ("d_ff", int), ("moving_avg", int), ("factor", int), ("dropout", float),
+        ("d_model", int),
+        ("n_heads", int),
+        ("e_layers", int),
+        ("d_layers", int),
+        ("d_ff", int),
+        ("moving_avg", int),
+        ("factor", int),
+        ("dropout", float),
     ):
         net.add_argument(f"--{name}", type=kind)
 
@@ -93,7 +99,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
     tuning = parser.add_argument_group("KL weight tuning")
     tuning.add_argument(
-        "--kl_tuning_method", choices=("adaptive", "annealing", "fixed"),
+        "--kl_tuning_method",
+        choices=("adaptive", "annealing", "fixed"),
         default="adaptive",
     )
     tuning.add_argument("--target_kl_percentage", type=float, default=0.1)
@@ -154,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     forecast = commands.add_parser("forecast", help="forecast past the end of a CSV")
     forecast.add_argument("run", help="a run directory")
-    forecast.add_argument("--data_path", help="CSV to forecast from (default: the "
-                          "run's data)")
+    forecast.add_argument(
+        "--data_path", help="CSV to forecast from (default: the run's data)"
+    )
     forecast.add_argument("--output", help="CSV to write (default RUN/forecast.csv)")
     forecast.add_argument("--num_samples", type=int)
     forecast.add_argument("--device", default="cpu")
@@ -194,7 +202,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             likelihood=args.likelihood,
             quantiles=tuple(args.quantiles),
         ),
-        guide=GuideConfig(init_scale=args.init_scale, pretrain_epochs=args.pretrain_epochs),
+        guide=GuideConfig(
+            init_scale=args.init_scale, pretrain_epochs=args.pretrain_epochs
+        ),
         tuning=TuningConfig(
             kl_tuning_method=args.kl_tuning_method,
             target_kl_percentage=args.target_kl_percentage,
@@ -249,7 +259,7 @@ def _run(args: argparse.Namespace) -> str:
     return str(path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-autoformer`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -265,11 +275,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         print(_run(args))
-    except (ValueError, RunError, CheckpointError, NonFiniteLossError, OSError) as error:
+    except (
+        ValueError,
+        RunError,
+        CheckpointError,
+        NonFiniteLossError,
+        OSError,
+    ) as error:
         print(f"pyro-autoformer: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pyro-autoformer: interrupted; no run directory was left", file=sys.stderr)
+        print(
+            "pyro-autoformer: interrupted; no run directory was left", file=sys.stderr
+        )
         return 130
     return 0
 

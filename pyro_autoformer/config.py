@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .autoformer import AutoformerConfig
 from .bayesian import BayesianConfig
@@ -75,7 +75,9 @@ class GuideConfig:
         if not self.init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
         if self.pretrain_epochs < 0:
-            raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+            raise ValueError(
+                f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ class TuningConfig:
     :param float min_kl_weight: lower clamp of the weight.
     :param float max_kl_weight: upper clamp of the weight; 1 is the exact ELBO.
     :param kl_weight: the weight before the first update; default: the fixed method
-        uses 1 (the exact ELBO, clamped), the others the geometric mean of the clamps.
+        uses 1 (the exact ELBO, clamped), annealing the start of its schedule
+        (``max_kl_weight``, or ``min_kl_weight`` with ``warmup``), adaptive the
+        geometric mean of the clamps.
     :param str annealing_schedule: ``linear``, ``cosine``, ``exponential`` or
         ``cyclical``.
     :param bool warmup: anneal upwards (min to max) instead of downwards.
@@ -98,7 +102,7 @@ class TuningConfig:
     target_kl_percentage: float = 0.1
     min_kl_weight: float = 1e-6
     max_kl_weight: float = 10.0
-    kl_weight: Optional[float] = None
+    kl_weight: float | None = None
     annealing_schedule: str = "cosine"
     warmup: bool = False
     update_every: str = "step"
@@ -116,8 +120,8 @@ class TuningConfig:
             )
         if not 0 < self.min_kl_weight <= self.max_kl_weight:
             raise ValueError(
-                "need 0 < min_kl_weight <= max_kl_weight, got "
-                f"min_kl_weight={self.min_kl_weight}, max_kl_weight={self.max_kl_weight}"
+                "need 0 < min_kl_weight <= max_kl_weight, got min_kl_weight="
+                f"{self.min_kl_weight}, max_kl_weight={self.max_kl_weight}"
             )
         if self.kl_weight is not None and not (
             math.isfinite(self.kl_weight) and self.kl_weight > 0
@@ -140,6 +144,9 @@ class TuningConfig:
             weight = self.kl_weight
         elif self.kl_tuning_method == "fixed":
             weight = 1.0
+        elif self.kl_tuning_method == "annealing":
+            # Where the schedule starts, so the first steps follow it too.
+            weight = self.min_kl_weight if self.warmup else self.max_kl_weight
         else:
             weight = math.sqrt(self.min_kl_weight * self.max_kl_weight)
         return min(max(weight, self.min_kl_weight), self.max_kl_weight)
@@ -171,8 +178,8 @@ class TrainConfig:
     seed: int = 2021
     device: str = "cpu"
     clip_norm: float = 10.0
-    max_steps_per_epoch: Optional[int] = None
-    max_eval_windows: Optional[int] = None
+    max_steps_per_epoch: int | None = None
+    max_eval_windows: int | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -252,7 +259,7 @@ class RunConfig:
         }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Rebuild (and re-validate) a configuration from :meth:`to_dict`'s output."""
         parts = {
             "data": DataConfig,

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -100,7 +100,7 @@ def evaluate(
     guide,
     data: ForecastData,
     num_samples: int,
-    max_windows: Optional[int] = None,
+    max_windows: int | None = None,
     batch_size: int = 32,
 ) -> ForecastMetrics:
     """Forecast metrics on the test windows (normalised scale).
@@ -238,8 +238,12 @@ def _train_into(config: RunConfig, data: ForecastData, directory: Path) -> None:
         tuner.history.to_json(directory / "kl_history.json")
         plot_history(tuner.history, directory / "kl_history.png")
         findings = [
-            {"name": f.name, "message": f.message, "evidence": f.evidence,
-             "remedies": f.remedies}
+            {
+                "name": f.name,
+                "message": f.message,
+                "evidence": f.evidence,
+                "remedies": f.remedies,
+            }
             for f in diagnose(tuner.history)
         ]
         _write_json(directory / "diagnosis.json", findings)
@@ -299,7 +303,7 @@ def load_run(run_dir: PathLike, device: str = "cpu") -> LoadedRun:
 
 
 def evaluate_run(
-    run_dir: PathLike, num_samples: Optional[int] = None, device: str = "cpu"
+    run_dir: PathLike, num_samples: int | None = None, device: str = "cpu"
 ) -> dict:
     """Recompute a run's test metrics from its checkpoint and return them."""
     run = load_run(run_dir, device)
@@ -328,9 +332,9 @@ def _check_columns(run: LoadedRun, columns, source) -> None:
 
 def forecast_run(
     run_dir: PathLike,
-    data_path: Optional[PathLike] = None,
-    output: Optional[PathLike] = None,
-    num_samples: Optional[int] = None,
+    data_path: PathLike | None = None,
+    output: PathLike | None = None,
+    num_samples: int | None = None,
     device: str = "cpu",
 ) -> Path:
     """Forecast ``pred_len`` steps past the end of a CSV with a trained run.
@@ -380,14 +384,20 @@ def forecast_run(
             draws = run.model(*inputs).unsqueeze(0)
     else:
         samples = num_samples or run.config.train.num_samples
-        draws = PosteriorPredictive(run.model, run.guide, samples).sample(*inputs).samples
+        draws = (
+            PosteriorPredictive(run.model, run.guide, samples).sample(*inputs).samples
+        )
     indices = [run.columns.index(c) for c in run.target_columns]
     draws = run.scaler.inverse_transform(draws[:, 0].double().cpu(), columns=indices)
     quantiles = sample_quantiles(draws, FORECAST_LEVELS)
     rows = []
     for step, date in enumerate(future):
         for k, column in enumerate(run.target_columns):
-            row = {"date": date, "column": column, "mean": float(draws[:, step, k].mean())}
+            row = {
+                "date": date,
+                "column": column,
+                "mean": float(draws[:, step, k].mean()),
+            }
             for j, level in enumerate(FORECAST_LEVELS):
                 row[f"q{level:g}"] = float(quantiles[j, step, k])
             rows.append(row)

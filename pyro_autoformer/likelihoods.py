@@ -19,7 +19,7 @@ Three choices are offered:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
@@ -183,8 +183,8 @@ class QuantilePseudoLikelihood(TorchDistribution):
     def mean(self):
         return self.median
 
-    def sample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
             u = torch.rand(shape, device=self.quantiles.device)
             return _interpolate_quantile(

@@ -11,8 +11,8 @@ and so the peak memory, independent of ``num_samples``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -41,7 +41,7 @@ class PredictiveSamples:
     locations: torch.Tensor
     epistemic_variance: torch.Tensor
     aleatoric_variance: torch.Tensor
-    log_probs: Optional[torch.Tensor] = None
+    log_probs: torch.Tensor | None = None
 
     def quantiles(self, levels: Iterable[float]) -> torch.Tensor:
         """Sample quantiles, ``(len(levels), batch, pred_len, channels)``."""

@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import pandas as pd
 
@@ -35,8 +36,18 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 TABLE_COLUMNS = (
-    "mse", "mae", "crps", "coverage_50", "coverage_90", "coverage_95", "width_90",
-    "calibration_error", "nll", "final_kl", "final_kl_weight", "train_seconds",
+    "mse",
+    "mae",
+    "crps",
+    "coverage_50",
+    "coverage_90",
+    "coverage_95",
+    "width_90",
+    "calibration_error",
+    "nll",
+    "final_kl",
+    "final_kl_weight",
+    "train_seconds",
 )
 
 

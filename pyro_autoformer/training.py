@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import pyro
 import torch
@@ -109,9 +109,7 @@ def _progress(iterable, enabled: bool, **kwargs):
 
 
 def _all_finite(*modules) -> bool:
-    return all(
-        bool(torch.isfinite(p).all()) for m in modules for p in m.parameters()
-    )
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
 class SVITrainer:
@@ -166,7 +164,10 @@ class SVITrainer:
 
     def _prepare(self, batch):
         inputs, target = prepare_batch(
-            batch, self.data.config.label_len, self.data.config.pred_len, self.data.c_out
+            batch,
+            self.data.config.label_len,
+            self.data.config.pred_len,
+            self.data.c_out,
         )
         return tuple(t.to(self.device) for t in inputs), target.to(self.device)
 
@@ -202,7 +203,7 @@ class SVITrainer:
         self.model.train()
         return squared / count, nll / count
 
-    def fit(self, on_epoch: Optional[Callable[[EpochSummary], None]] = None):
+    def fit(self, on_epoch: Callable[[EpochSummary], None] | None = None):
         """Train until ``train_epochs`` or early stopping; restore the best epoch.
 
         :param on_epoch: called with each epoch's :class:`EpochSummary`.
@@ -245,7 +246,8 @@ class SVITrainer:
                     nonfinite_run += 1
                     logger.warning(
                         "non-finite loss at epoch %d, step %d: update skipped",
-                        epoch, step,
+                        epoch,
+                        step,
                     )
                     if nonfinite_run >= self.max_nonfinite_steps:
                         raise NonFiniteLossError(
@@ -299,8 +301,14 @@ class SVITrainer:
             logger.info(
                 "epoch %d: loss %.4f, data %.4f, KL %.4f, KL share %.1f%%, "
                 "weight %.3g, val MSE %.4f, val NLL %.4f (%.1fs)",
-                epoch, summary.loss, summary.data_term, summary.kl_term,
-                100 * summary.kl_share, summary.kl_weight, val_mse, val_nll,
+                epoch,
+                summary.loss,
+                summary.data_term,
+                summary.kl_term,
+                100 * summary.kl_share,
+                summary.kl_weight,
+                val_mse,
+                val_nll,
                 summary.seconds,
             )
             if on_epoch is not None:
@@ -391,7 +399,9 @@ def train_deterministic(
                 "seconds": time.perf_counter() - started,
             }
         )
-        logger.info("epoch %d: train MSE %.4f, val MSE %.4f", epoch, total / count, val_mse)
+        logger.info(
+            "epoch %d: train MSE %.4f, val MSE %.4f", epoch, total / count, val_mse
+        )
         if val_mse < best:
             best, best_state, stale = val_mse, copy.deepcopy(net.state_dict()), 0
         else:

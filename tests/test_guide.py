@@ -46,6 +46,16 @@ def clean_param_store():
     pyro.clear_param_store()
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Toy models gain nothing from intra-op threads, and on a busy machine
+    competing threads slow them down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _softplus(x):
     return np.log1p(np.exp(x))
 

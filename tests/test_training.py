@@ -11,6 +11,7 @@ import torch
 
 from pyro_autoformer.bayesian import BayesianAutoformer
 from pyro_autoformer.config import (
+    GuideConfig,
     ModelSizes,
     RunConfig,
     TrainConfig,
@@ -145,6 +146,19 @@ def test_a_finite_step_resets_the_count_of_non_finite_steps(csv):
     poison_training_steps(trainer.model, {0, 1, 3, 4, 6})  # never 3 in a row
     (epoch,) = trainer.fit()
     assert epoch.skipped_steps == 5
+
+
+def test_a_diverging_optimiser_ends_in_non_finite_loss_error_not_a_crash(csv):
+    # A huge learning rate and initial guide scale: the guide's locations and
+    # scales leave the valid range within a step or two.
+    base = run_config(csv, max_steps_per_epoch=12, learning_rate=1e8)
+    config = RunConfig(
+        data=base.data, sizes=base.sizes, tuning=base.tuning, train=base.train,
+        guide=GuideConfig(init_scale=10.0),
+    )
+    trainer = make_trainer(config, max_nonfinite_steps=5)
+    with pytest.raises(NonFiniteLossError, match=r"5 steps in a row.*epoch 0, step"):
+        trainer.fit()
 
 
 def test_a_diverged_run_writes_no_checkpoint_and_no_run_directory(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable
 
 import pandas as pd
 import pyro
@@ -82,7 +82,7 @@ class MeanFieldGuide(AutoGuide):
         self,
         model: Callable,
         init_scale: float = 1e-3,
-        init_loc: Optional[dict[str, torch.Tensor]] = None,
+        init_loc: dict[str, torch.Tensor] | None = None,
         fallback: str = "initial",
     ):
         if not init_scale > 0:
@@ -95,7 +95,7 @@ class MeanFieldGuide(AutoGuide):
         self.init_scale = float(init_scale)
         self.fallback = fallback
         self._init_loc = dict(init_loc or {})
-        self._sites: Optional[OrderedDict] = None
+        self._sites: OrderedDict | None = None
         latent_sites = getattr(model, "latent_sites", None)
         if callable(latent_sites):
             self._setup(latent_sites())
@@ -114,7 +114,7 @@ class MeanFieldGuide(AutoGuide):
             priors[name] = site["fn"]
         self._setup(priors)
 
-    def _setup(self, priors: "OrderedDict[str, dist.Distribution]") -> None:
+    def _setup(self, priors: OrderedDict[str, dist.Distribution]) -> None:
         unknown = set(self._init_loc) - set(priors)
         if unknown:
             raise ValueError(
@@ -158,13 +158,19 @@ class MeanFieldGuide(AutoGuide):
                 value = parts[0]
             else:
                 value = prior.mean.expand(shape)
-            locs.append(value.detach().reshape(-1).float())
+            locs.append(value.detach().reshape(-1))
 
-        device = locs[0].device if locs else torch.device("cpu")
-        flat_loc = torch.cat(locs) if locs else torch.zeros(0)
+        reference = prior_scales[0] if prior_scales else (locs[0] if locs else None)
+        device = reference.device if reference is not None else torch.device("cpu")
+        dtype = reference.dtype if reference is not None else torch.float32
+        flat_loc = (
+            torch.cat([v.to(device=device, dtype=dtype) for v in locs])
+            if locs
+            else torch.zeros(0)
+        )
         raw_scale = math.log(math.expm1(self.init_scale))
         self._sites = sites
-        self.loc = nn.Parameter(flat_loc.to(device))
+        self.loc = nn.Parameter(flat_loc)
         self.raw_scale = nn.Parameter(torch.full_like(flat_loc, raw_scale))
         self.analytic_kl = analytic
         if analytic and locs:
@@ -176,7 +182,7 @@ class MeanFieldGuide(AutoGuide):
 
     # ---------------------------------------------------------------- queries
     @property
-    def site_shapes(self) -> "OrderedDict[str, torch.Size]":
+    def site_shapes(self) -> OrderedDict[str, torch.Size]:
         """Shape of every latent site, in sampling order."""
         self._check_setup()
         return OrderedDict(self._sites)
@@ -192,7 +198,7 @@ class MeanFieldGuide(AutoGuide):
                 "the guide has no sites yet: call it once with the model's arguments"
             )
 
-    def _split(self, flat: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def _split(self, flat: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         sizes = [math.prod(s) for s in self._sites.values()]
         parts = torch.split(flat, sizes)
         return OrderedDict(
@@ -208,7 +214,10 @@ class MeanFieldGuide(AutoGuide):
         scales = self._split(self.scale)
         return {
             name: pyro.sample(
-                name, dist.Normal(locs[name], scales[name]).to_event(locs[name].dim())
+                name,
+                dist.Normal(locs[name], scales[name], validate_args=False).to_event(
+                    locs[name].dim()
+                ),
             )
             for name in self._sites
         }
@@ -222,7 +231,7 @@ class MeanFieldGuide(AutoGuide):
             )
         return normal_kl(self.loc, self.scale, self.prior_loc, self.prior_scale).sum()
 
-    def kl_by_site(self) -> "OrderedDict[str, torch.Tensor]":
+    def kl_by_site(self) -> OrderedDict[str, torch.Tensor]:
         """The exact KL of each site (scalars, differentiable)."""
         self._check_setup()
         if not self.analytic_kl:

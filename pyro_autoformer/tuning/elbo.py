@@ -85,8 +85,8 @@ class BetaELBO(ELBO):
         super().__init__(num_particles=num_particles)
         if num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-        if isinstance(beta, (int, float)) and not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        if isinstance(beta, (int, float)) and not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be finite and >= 0, got {beta}")
         self._beta = beta
         self.last: ELBOTerms | None = None
 
@@ -106,14 +106,15 @@ class BetaELBO(ELBO):
     # ------------------------------------------------------------------ terms
     def terms(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable data and KL terms ``(D, K)``, averaged over particles."""
-        data_sum, kl_sum = 0.0, 0.0
+        data_sum, kl_sum, total_sum = 0.0, 0.0, 0.0
         for _ in range(self.num_particles):
             data, kl, kl_total, n, analytic = self._particle(model, guide, args, kwargs)
             data_sum = data_sum + data
             kl_sum = kl_sum + kl
+            total_sum = total_sum + kl_total
         data = data_sum / self.num_particles
         kl = kl_sum / self.num_particles
-        self._record(data, kl, kl_total, n, analytic)
+        self._record(data, kl, total_sum / self.num_particles, n, analytic)
         return data, kl
 
     def _get_trace(self, model, guide, args, kwargs):
