@@ -50,7 +50,9 @@ SMALL = {
     "val_windows": 16,
 }
 DEFAULT = {
-    "sizes": dict(d_model=32, n_heads=4, d_ff=64, e_layers=2, d_layers=1, moving_avg=25),
+    "sizes": dict(
+        d_model=32, n_heads=4, d_ff=64, e_layers=2, d_layers=1, moving_avg=25
+    ),
     "windows": dict(seq_len=96, label_len=48, pred_len=96),
     "val_windows": 256,
 }
@@ -68,13 +70,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--target_kl_percentage", type=float, default=0.1)
     parser.add_argument("--min_kl_weight", type=float, default=1e-6)
-    parser.add_argument("--max_kl_weight", type=float,
-                        default=TuningConfig().max_kl_weight,
-                        help="upper clamp; 1 is the exact ELBO")
+    parser.add_argument(
+        "--max_kl_weight",
+        type=float,
+        default=TuningConfig().max_kl_weight,
+        help="upper clamp; 1 is the exact ELBO",
+    )
     parser.add_argument("--prior_std", type=float, default=0.1)
     parser.add_argument("--init_scale", type=float, default=1e-3)
-    parser.add_argument("--warmup_batches", type=int, default=3,
-                        help="batches measured for the suggested initial weight")
+    parser.add_argument(
+        "--warmup_batches",
+        type=int,
+        default=3,
+        help="batches measured for the suggested initial weight",
+    )
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--small", action="store_true", help="a tiny run (seconds)")
     args = parser.parse_args(argv)
@@ -111,7 +120,9 @@ def main(argv=None) -> int:
     # Real ETTh1 windows, standardised with the training rows' statistics.
     data = load_data(DataConfig(features="M", **preset["windows"]))
     cfg = data.config
-    train_loader = make_loader(data.train, args.batch_size, shuffle=True, seed=args.seed)
+    train_loader = make_loader(
+        data.train, args.batch_size, shuffle=True, seed=args.seed
+    )
     val_loader = make_loader(
         data.val, args.batch_size, shuffle=False, limit=preset["val_windows"]
     )
@@ -123,8 +134,12 @@ def main(argv=None) -> int:
             yield prepare_batch(batch, cfg.label_len, cfg.pred_len, data.c_out)
 
     network = AutoformerConfig(
-        enc_in=data.enc_in, dec_in=data.enc_in, c_out=data.c_out, freq=cfg.freq,
-        **preset["windows"], **preset["sizes"],
+        enc_in=data.enc_in,
+        dec_in=data.enc_in,
+        c_out=data.c_out,
+        freq=cfg.freq,
+        **preset["windows"],
+        **preset["sizes"],
     )
     model = BayesianEnhancedAutoformer(
         network, BayesianConfig(prior_std=args.prior_std), dataset_size=len(data.train)

@@ -57,11 +57,18 @@ def _prior_stds(text: str) -> list[float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prior_std", type=_prior_stds, default=[0.01, 0.1, 1.0],
-                        help="comma-separated values (default 0.01,0.1,1.0)")
+    parser.add_argument(
+        "--prior_std",
+        type=_prior_stds,
+        default=[0.01, 0.1, 1.0],
+        help="comma-separated values (default 0.01,0.1,1.0)",
+    )
     parser.add_argument("--prior_scale", choices=("fixed", "fan_in"), default="fixed")
-    parser.add_argument("--kl_tuning_method", default="adaptive",
-                        choices=("adaptive", "annealing", "fixed"))
+    parser.add_argument(
+        "--kl_tuning_method",
+        default="adaptive",
+        choices=("adaptive", "annealing", "fixed"),
+    )
     parser.add_argument("--target_kl_percentage", type=float, default=0.1)
     parser.add_argument("--train_epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2021)
@@ -93,7 +100,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = build_config(args)
         study = run_prior_sweep(config, args.prior_std, args.output_dir)

@@ -26,14 +26,14 @@ Usage::
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from pyro_autoformer import cli
 
 GLOBAL_FLAGS = ("-v", "--verbose")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyro-autoformer train`` with these arguments; return the exit status.
 
     :param argv: the arguments after the script name (default: ``sys.argv[1:]``).

@@ -120,7 +120,15 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--patience", type=int, default=3)
-    train.add_argument("--num_samples", type=int, default=50)
+    train.add_argument(
+        "--num_samples", type=int, default=20, help="posterior weight draws"
+    )
+    train.add_argument(
+        "--noise_samples",
+        type=int,
+        default=5,
+        help="observation-noise draws per weight draw",
+    )
     train.add_argument("--seed", type=int, default=2021)
     train.add_argument("--device", default="cpu")
     train.add_argument("--max_steps_per_epoch", type=int)
@@ -221,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             learning_rate=args.learning_rate,
             patience=args.patience,
             num_samples=args.num_samples,
+            noise_samples=args.noise_samples,
             seed=args.seed,
             device=args.device,
             max_steps_per_epoch=args.max_steps_per_epoch,

@@ -160,7 +160,9 @@ class TrainConfig:
     :param int batch_size: windows per step.
     :param float learning_rate: Adam's learning rate.
     :param int patience: epochs without a better validation MSE before stopping.
-    :param int num_samples: posterior draws per forecast when evaluating.
+    :param int num_samples: posterior weight draws per forecast when evaluating.
+    :param int noise_samples: observation-noise draws per weight draw; forecasts
+        have ``num_samples * noise_samples`` samples.
     :param int seed: seed of every random number generator.
     :param str device: ``cpu``, ``cuda`` or ``cuda:N``.
     :param float clip_norm: gradient norm clip (0 disables it).
@@ -174,7 +176,8 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 3
-    num_samples: int = 50
+    num_samples: int = 20
+    noise_samples: int = 5
     seed: int = 2021
     device: str = "cpu"
     clip_norm: float = 10.0
@@ -183,7 +186,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("train_epochs", "batch_size", "patience", "num_samples"):
+        for name in (
+            "train_epochs",
+            "batch_size",
+            "patience",
+            "num_samples",
+            "noise_samples",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

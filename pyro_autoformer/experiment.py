@@ -102,6 +102,7 @@ def evaluate(
     num_samples: int,
     max_windows: int | None = None,
     batch_size: int = 32,
+    noise_samples: int = 1,
 ) -> ForecastMetrics:
     """Forecast metrics on the test windows (normalised scale).
 
@@ -125,13 +126,15 @@ def evaluate(
                 inputs, target = prepare(batch)
                 metrics.update(model(*inputs).unsqueeze(0), target)
         return metrics
-    predictive = PosteriorPredictive(model, guide, num_samples=num_samples)
+    predictive = PosteriorPredictive(
+        model, guide, num_samples=num_samples, noise_samples=noise_samples
+    )
     size = min(batch_size, predictive.batch_size_for(cfg.pred_len, data.c_out))
     loader = make_loader(data.test, size, False, limit=max_windows)
     return predictive.evaluate(loader, prepare)
 
 
-def _fan_chart(model, guide, data: ForecastData, num_samples: int, path: Path) -> None:
+def _fan_chart(model, guide, data: ForecastData, predictive, path: Path) -> None:
     """Fan chart of the last output channel for four evenly spaced test windows."""
     cfg = data.config
     test = data.test
@@ -143,7 +146,7 @@ def _fan_chart(model, guide, data: ForecastData, num_samples: int, path: Path) -
         with torch.no_grad():
             draws = model.eval()(*inputs).unsqueeze(0)
     else:
-        draws = PosteriorPredictive(model, guide, num_samples).sample(*inputs).samples
+        draws = predictive.sample(*inputs).samples
     draws = data.inverse_transform_targets(draws.double())[..., channel]
     quantiles = sample_quantiles(draws, FORECAST_LEVELS).numpy()
     truth = data.inverse_transform_targets(target.double())[..., channel].numpy()
@@ -269,14 +272,20 @@ def _train_into(config: RunConfig, data: ForecastData, directory: Path) -> None:
 
     _seed_everything(train.seed)
     metrics = evaluate(
-        model, guide, data, train.num_samples, train.max_eval_windows, train.batch_size
+        model,
+        guide,
+        data,
+        train.num_samples,
+        train.max_eval_windows,
+        train.batch_size,
+        train.noise_samples,
     )
     values = metrics.compute()
     values.update(
         train_seconds=train_seconds,
         eval_seconds=time.perf_counter() - started - train_seconds,
         epochs_trained=len(epochs),
-        num_samples=train.num_samples if guide is not None else 1,
+        num_samples=train.num_samples * train.noise_samples if guide else 1,
     )
     if guide is not None:
         values["final_kl_weight"] = float(model.kl_weight)
@@ -286,7 +295,15 @@ def _train_into(config: RunConfig, data: ForecastData, directory: Path) -> None:
     by_horizon.to_csv(directory / "metrics_by_horizon.csv", index=False)
     plot_metrics_by_horizon(by_horizon, directory / "metrics_by_horizon.png")
     plot_reliability(metrics.reliability_table(), directory / "reliability.png")
-    _fan_chart(model, guide, data, train.num_samples, directory / "forecast_fan.png")
+    _fan_chart(
+        model,
+        guide,
+        data,
+        PosteriorPredictive(model, guide, train.num_samples, train.noise_samples)
+        if guide is not None
+        else None,
+        directory / "forecast_fan.png",
+    )
 
 
 def load_run(run_dir: PathLike, device: str = "cpu") -> LoadedRun:
@@ -318,6 +335,7 @@ def evaluate_run(
         samples,
         run.config.train.max_eval_windows,
         run.config.train.batch_size,
+        run.config.train.noise_samples,
     )
     return metrics.compute()
 
@@ -385,7 +403,11 @@ def forecast_run(
     else:
         samples = num_samples or run.config.train.num_samples
         draws = (
-            PosteriorPredictive(run.model, run.guide, samples).sample(*inputs).samples
+            PosteriorPredictive(
+                run.model, run.guide, samples, run.config.train.noise_samples
+            )
+            .sample(*inputs)
+            .samples
         )
     indices = [run.columns.index(c) for c in run.target_columns]
     draws = run.scaler.inverse_transform(draws[:, 0].double().cpu(), columns=indices)

@@ -381,7 +381,7 @@ def train_deterministic(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + float(loss.detach()), count + 1
         net.eval()
         with torch.no_grad():
             squared, n = 0.0, 0

@@ -30,20 +30,12 @@ COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Same thread count here and in the fresh process: bit-identical float sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(model: str = "BayesianAutoformer") -> RunConfig:
     return RunConfig(
         data=DataConfig(seq_len=24, label_len=12, pred_len=12),
-        sizes=ModelSizes(d_model=8, n_heads=2, e_layers=1, d_layers=1, d_ff=8,
-                         moving_avg=5),
+        sizes=ModelSizes(
+            d_model=8, n_heads=2, e_layers=1, d_layers=1, d_ff=8, moving_avg=5
+        ),
         tuning=TuningConfig(kl_tuning_method="fixed", kl_weight=0.25),
         model=model,
         des="checkpoint-test",
@@ -156,9 +148,17 @@ def test_a_fresh_process_forecasts_exactly_as_the_saving_one(checkpoint, tmp_pat
     script.write_text(FRESH_PROCESS)
     output = tmp_path / "there.pt"
     result = subprocess.run(
-        [sys.executable, str(script), str(path), str(tmp_path / "inputs.pt"),
-         str(output)],
-        capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=120,
+        [
+            sys.executable,
+            str(script),
+            str(path),
+            str(tmp_path / "inputs.pt"),
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     there = torch.load(output, weights_only=True)

@@ -22,7 +22,9 @@ from pyro_autoformer.config import RunConfig
 from pyro_autoformer.data import forecast_inputs, read_csv
 from pyro_autoformer.predictive import PosteriorPredictive
 
-ETTH1 = Path(__file__).resolve().parents[1] / "pyro_autoformer" / "datasets" / "ETTh1.csv"
+ETTH1 = (
+    Path(__file__).resolve().parents[1] / "pyro_autoformer" / "datasets" / "ETTh1.csv"
+)
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 ETT_TRAIN_ROWS = 12 * 30 * 24  # the ETT benchmark's first border, hourly files
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +32,8 @@ LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 TINY = (
     "--d_model 8 --n_heads 2 --d_ff 8 --e_layers 1 --d_layers 1 --seq_len 24 "
     "--label_len 12 --pred_len 12 --moving_avg 5 --train_epochs 1 "
-    "--max_steps_per_epoch 3 --max_eval_windows 16 --num_samples 4 --no_progress"
+    "--max_steps_per_epoch 3 --max_eval_windows 16 --num_samples 4 --noise_samples 1"
+    " --no_progress"
 ).split()
 PRED_LEN = 12
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -287,7 +290,9 @@ def test_forecast_refuses_a_csv_without_the_trained_columns(trained, tmp_path):
     run_dir, _ = trained
     dates = pd.date_range("2020-01-01", periods=60, freq="h")
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"date": dates, "A": rng.normal(size=60), "B": 1.0 + dates.hour})
+    frame = pd.DataFrame(
+        {"date": dates, "A": rng.normal(size=60), "B": 1.0 + dates.hour}
+    )
     csv = tmp_path / "other.csv"
     frame.to_csv(csv, index=False)
     output = tmp_path / "out"

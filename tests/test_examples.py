@@ -28,8 +28,17 @@ COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 ETT_TRAIN_ROWS = 12 * 30 * 24
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HISTORY_COLUMNS = [
-    "epoch", "step", "weight", "data_loss", "kl_loss", "weighted_kl", "kl_share",
-    "target", "total_loss", "val_loss", "method",
+    "epoch",
+    "step",
+    "weight",
+    "data_loss",
+    "kl_loss",
+    "weighted_kl",
+    "kl_share",
+    "target",
+    "total_loss",
+    "val_loss",
+    "method",
 ]
 TINY = (
     "--d_model 8 --n_heads 2 --d_ff 8 --e_layers 1 --d_layers 1 --seq_len 24 "
@@ -42,7 +51,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 def run_example(script, *args, cwd, timeout=300):
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *map(str, args)],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -61,7 +74,8 @@ def assert_history_csv(path: Path, rows: int):
     assert np.isfinite(numbers.to_numpy()).all()
     assert ((history.kl_share >= 0) & (history.kl_share <= 1)).all()
     np.testing.assert_allclose(
-        history.total_loss, history.data_loss + history.weight * history.kl_loss,
+        history.total_loss,
+        history.data_loss + history.weight * history.kl_loss,
         rtol=1e-9,
     )
     return history
@@ -71,16 +85,21 @@ def assert_history_csv(path: Path, rows: int):
 
 
 DEMO_RUNS = (
-    "adaptive", "annealing_linear", "annealing_cosine", "annealing_exponential",
-    "annealing_cyclical", "fixed",
+    "adaptive",
+    "annealing_linear",
+    "annealing_cosine",
+    "annealing_exponential",
+    "annealing_cyclical",
+    "fixed",
 )
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    result = run_example("kl_tuning_demo.py", "--epochs", 6, "--output_dir", out,
-                         cwd=out)
+    result = run_example(
+        "kl_tuning_demo.py", "--epochs", 6, "--output_dir", out, cwd=out
+    )
     return out, result
 
 
@@ -106,8 +125,9 @@ def test_kl_tuning_demo_fixed_method_keeps_its_weight(demo):
 @pytest.fixture(scope="module")
 def practical(tmp_path_factory):
     out = tmp_path_factory.mktemp("practical")
-    result = run_example("practical_kl_tuning.py", "--small", "--output_dir", out,
-                         cwd=out)
+    result = run_example(
+        "practical_kl_tuning.py", "--small", "--output_dir", out, cwd=out
+    )
     return out, result
 
 
@@ -142,7 +162,12 @@ def test_practical_epoch_table_matches_the_history(practical):
     epochs = pd.read_csv(out / "epochs.csv")
     history = pd.read_csv(out / "kl_history.csv")
     assert list(epochs.columns) == [
-        "epoch", "loss", "data_loss", "kl_loss", "kl_share", "next_kl_weight",
+        "epoch",
+        "loss",
+        "data_loss",
+        "kl_loss",
+        "kl_share",
+        "next_kl_weight",
         "val_mse",
     ]
     assert np.isfinite(epochs.drop(columns="epoch").to_numpy()).all()
@@ -164,10 +189,16 @@ def adaptive_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     result = run_example(
         "train_bayesian_with_kl_tuning.py",
-        "--model", "BayesianEnhancedAutoformer",
-        "--kl_tuning_method", "adaptive",
-        "--target_kl_percentage", "0.1",
-        *TINY, "--output_dir", out, cwd=out,
+        "--model",
+        "BayesianEnhancedAutoformer",
+        "--kl_tuning_method",
+        "adaptive",
+        "--target_kl_percentage",
+        "0.1",
+        *TINY,
+        "--output_dir",
+        out,
+        cwd=out,
     )
     return last_line(result)
 
@@ -187,10 +218,16 @@ def test_training_script_basic_command_writes_a_run(adaptive_run):
 def test_training_script_custom_annealing_command(tmp_path):
     result = run_example(
         "train_bayesian_with_kl_tuning.py",
-        "--kl_tuning_method", "annealing",
-        "--annealing_schedule", "cosine",
-        "--max_kl_weight", "0.05",
-        *TINY, "--output_dir", tmp_path, cwd=tmp_path,
+        "--kl_tuning_method",
+        "annealing",
+        "--annealing_schedule",
+        "cosine",
+        "--max_kl_weight",
+        "0.05",
+        *TINY,
+        "--output_dir",
+        tmp_path,
+        cwd=tmp_path,
     )
     run = last_line(result)
     tuning = json.loads((run / "config.json").read_text())["tuning"]
@@ -209,8 +246,14 @@ def test_training_script_custom_annealing_command(tmp_path):
 def test_training_script_des_ablation_runs_the_ablation(tmp_path):
     result = run_example(
         "train_bayesian_with_kl_tuning.py",
-        "--des", "ablation", "--model", "BayesianEnhancedAutoformer",
-        *TINY, "--output_dir", tmp_path, cwd=tmp_path,
+        "--des",
+        "ablation",
+        "--model",
+        "BayesianEnhancedAutoformer",
+        *TINY,
+        "--output_dir",
+        tmp_path,
+        cwd=tmp_path,
     )
     study = last_line(result)
     table = pd.read_csv(study / "results.csv")
@@ -223,9 +266,19 @@ def test_training_script_des_ablation_runs_the_ablation(tmp_path):
 
 def test_training_script_refuses_an_unknown_method_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_bayesian_with_kl_tuning.py"),
-         "--kl_tuning_method", "foo", "--output_dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(EXAMPLES / "train_bayesian_with_kl_tuning.py"),
+            "--kl_tuning_method",
+            "foo",
+            "--output_dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
@@ -240,16 +293,27 @@ def test_training_script_refuses_an_unknown_method_in_one_line(tmp_path):
 def analysis(adaptive_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("analysis")
     result = run_example(
-        "posterior_predictive_analysis.py", adaptive_run,
-        "--num_windows", 3, "--num_samples", 8, "--output_dir", out, cwd=out,
+        "posterior_predictive_analysis.py",
+        adaptive_run,
+        "--num_windows",
+        3,
+        "--num_samples",
+        8,
+        "--output_dir",
+        out,
+        cwd=out,
     )
     return out, result
 
 
 def test_analysis_writes_its_tables_and_figures(analysis):
     out, result = analysis
-    for name in ("variance_split.csv", "quantiles.csv", "posterior_summary.csv",
-                 "posterior_summary_by_site.csv"):
+    for name in (
+        "variance_split.csv",
+        "quantiles.csv",
+        "posterior_summary.csv",
+        "posterior_summary_by_site.csv",
+    ):
         assert (out / name).is_file(), name
     assert is_png(out / "variance_split.png")
     assert is_png(out / "forecast_fan.png")
@@ -264,11 +328,13 @@ def test_analysis_variances_add_up_and_are_finite(analysis):
     assert np.isfinite(values.to_numpy()).all()
     assert (values.to_numpy() >= 0).all()
     np.testing.assert_allclose(
-        split.total_variance, split.epistemic_variance + split.aleatoric_variance,
+        split.total_variance,
+        split.epistemic_variance + split.aleatoric_variance,
         rtol=1e-12,
     )
     np.testing.assert_allclose(
-        split.epistemic_share, split.epistemic_variance / split.total_variance,
+        split.epistemic_share,
+        split.epistemic_variance / split.total_variance,
         rtol=1e-9,
     )
 
@@ -315,9 +381,18 @@ def test_analysis_summarises_every_layer_group(analysis):
 
 def test_analysis_refuses_a_directory_that_is_not_a_run(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "posterior_predictive_analysis.py"),
-         str(tmp_path), "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(EXAMPLES / "posterior_predictive_analysis.py"),
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
@@ -330,8 +405,13 @@ def test_analysis_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 def test_prior_std_experiment_trains_one_run_per_value(tmp_path):
     result = run_example(
-        "prior_std_experiment.py", "--small", "--prior_std", "0.01,1.0",
-        "--output_dir", tmp_path, cwd=tmp_path,
+        "prior_std_experiment.py",
+        "--small",
+        "--prior_std",
+        "0.01,1.0",
+        "--output_dir",
+        tmp_path,
+        cwd=tmp_path,
     )
     study = last_line(result)
     table = pd.read_csv(study / "results.csv")

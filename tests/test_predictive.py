@@ -18,20 +18,21 @@ BATCH, SEQ_LEN, LABEL_LEN, PRED_LEN, CHANNELS, MARKS = 2, 16, 8, 8, 3, 4
 TRACKED_SITE = "decoder.layers.0.projection.weight"  # shape (3, 8, 3), unique
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def model():
     config = AutoformerConfig(
-        enc_in=CHANNELS, dec_in=CHANNELS, c_out=CHANNELS, seq_len=SEQ_LEN,
-        label_len=LABEL_LEN, pred_len=PRED_LEN, d_model=8, n_heads=2, d_ff=8,
-        e_layers=1, d_layers=1, moving_avg=5,
+        enc_in=CHANNELS,
+        dec_in=CHANNELS,
+        c_out=CHANNELS,
+        seq_len=SEQ_LEN,
+        label_len=LABEL_LEN,
+        pred_len=PRED_LEN,
+        d_model=8,
+        n_heads=2,
+        d_ff=8,
+        e_layers=1,
+        d_layers=1,
+        moving_avg=5,
     )
     torch.manual_seed(0)
     return BayesianAutoformer(config, dataset_size=50)
@@ -76,6 +77,22 @@ def test_draws_have_the_documented_shapes(model, inputs):
     assert draws.quantiles([0.1, 0.5, 0.9]).shape == (3, BATCH, PRED_LEN, CHANNELS)
 
 
+def test_noise_samples_add_observation_draws_without_new_weight_draws(model, inputs):
+    guide = MeanFieldGuide(model, init_scale=0.05)
+    collapse(guide)
+    set_observation_scale(model, torch.tensor([0.5, 1.0, 2.0]))
+    predictive = PosteriorPredictive(model, guide, num_samples=3, noise_samples=400)
+    draws = predictive.sample(*inputs)
+    assert draws.samples.shape == (1200, BATCH, PRED_LEN, CHANNELS)
+    assert draws.locations.shape == (3, BATCH, PRED_LEN, CHANNELS)
+    # One posterior mean, so the spread of the samples is the noise alone.
+    spread = draws.samples.std(dim=0).mean(dim=(0, 1))
+    torch.testing.assert_close(spread, torch.tensor([0.5, 1.0, 2.0]), rtol=0.08, atol=0)
+    assert predictive.batch_size_for(PRED_LEN, CHANNELS) == 2**24 // (
+        1200 * PRED_LEN * CHANNELS
+    )
+
+
 def test_without_targets_there_are_no_log_probs(model, inputs):
     guide = MeanFieldGuide(model)
     draws = PosteriorPredictive(model, guide, num_samples=2).sample(*inputs)
@@ -89,8 +106,9 @@ def test_collapsed_guide_gives_identical_locations_and_no_epistemic_variance(
     collapse(guide)
     draws = PosteriorPredictive(model, guide, num_samples=6).sample(*inputs)
     for s in range(1, 6):
-        torch.testing.assert_close(draws.locations[s], draws.locations[0], rtol=0,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            draws.locations[s], draws.locations[0], rtol=0, atol=1e-6
+        )
     assert float(draws.epistemic_variance.max()) < 1e-12
 
 
@@ -104,9 +122,7 @@ def test_aleatoric_variance_is_the_gaussian_scale_squared(model, inputs):
     torch.testing.assert_close(draws.aleatoric_variance, expected, rtol=1e-5, atol=0)
 
 
-def test_samples_scatter_around_each_location_with_the_observation_scale(
-    model, inputs
-):
+def test_samples_scatter_around_each_location_with_the_observation_scale(model, inputs):
     guide = MeanFieldGuide(model, init_scale=0.1)
     collapse(guide)
     scale = torch.tensor([0.2, 0.5, 1.3])
@@ -129,8 +145,9 @@ def test_epistemic_variance_is_the_spread_of_the_draws_means(model, inputs):
     locations = draws.locations.double()
     mean = locations.mean(0)
     expected = ((locations - mean) ** 2).sum(0) / 8  # population variance
-    torch.testing.assert_close(draws.epistemic_variance.double(), expected,
-                               rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(
+        draws.epistemic_variance.double(), expected, rtol=1e-4, atol=1e-10
+    )
     assert float(draws.epistemic_variance.min()) > 0.0
 
 
@@ -146,8 +163,10 @@ def test_log_probs_are_the_gaussian_log_densities_of_the_targets(model, inputs):
         target.numpy(), loc=draws.locations.numpy(), scale=scale.numpy()
     )
     torch.testing.assert_close(
-        draws.log_probs, torch.as_tensor(expected, dtype=torch.float32),
-        rtol=1e-5, atol=1e-5,
+        draws.log_probs,
+        torch.as_tensor(expected, dtype=torch.float32),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -192,9 +211,7 @@ def live_storages_of(shape):
 
 
 @pytest.mark.parametrize("num_samples", [3, 12])
-def test_at_most_one_weight_draw_is_alive_while_forecasting(
-    model, inputs, num_samples
-):
+def test_at_most_one_weight_draw_is_alive_while_forecasting(model, inputs, num_samples):
     guide = MeanFieldGuide(model, init_scale=0.05)
     shape = tuple(guide.site_shapes[TRACKED_SITE])
     before = live_storages_of(shape)  # e.g. the model's copy of its initial weights
