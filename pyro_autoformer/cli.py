@@ -116,7 +116,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--update_every", choices=("step", "epoch"), default="step")
 
     train = parser.add_argument_group("training and evaluation")
-    train.add_argument("--train_epochs", type=int, default=3)
+    train.add_argument("--train_epochs", type=int, default=2)
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--patience", type=int, default=3)

@@ -172,7 +172,7 @@ class TrainConfig:
     :param bool progress: show progress bars (only on a terminal).
     """
 
-    train_epochs: int = 3
+    train_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 3

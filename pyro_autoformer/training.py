@@ -4,9 +4,10 @@
 :class:`~pyro_autoformer.bayesian.BayesianAutoformer` and its guide with a
 :class:`~pyro_autoformer.tuning.BetaELBO` whose weight a
 :class:`~pyro_autoformer.tuning.KLTuner` sets after every step or epoch. It validates
-each epoch on the posterior-mean forecast, stops early, and keeps the best epoch's
-state. :func:`train_deterministic` trains the plain Autoformer with MSE as the
-reference implementation does.
+each epoch on the posterior-mean forecast, halves the learning rate after each epoch
+(the reference Autoformer's schedule), stops early, and keeps the best epoch's state.
+:func:`train_deterministic` trains the plain Autoformer with MSE as the reference
+implementation does.
 
 A step whose loss is not finite (a diverging run: unscaled targets, too large a
 learning rate or initial guide scale) is skipped with a warning naming the epoch and
@@ -106,6 +107,12 @@ def make_tuner(model, tuning: TuningConfig, total_epochs: int, steps_per_epoch):
 
 def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kwargs)
+
+
+def _halve_learning_rate(optimizer) -> None:
+    """The reference Autoformer's schedule: half the learning rate each epoch."""
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.5
 
 
 def _all_finite(*modules) -> bool:
@@ -322,6 +329,7 @@ class SVITrainer:
                 if stale_epochs >= train.patience:
                     logger.info("early stopping after epoch %d", epoch)
                     break
+            _halve_learning_rate(optimizer)
         if best[1] is not None:
             self._load_state(best[1])
         return self.epochs
@@ -409,8 +417,7 @@ def train_deterministic(
             if stale >= train.patience:
                 break
         if lr_halving:
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.5
+            _halve_learning_rate(optimizer)
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
