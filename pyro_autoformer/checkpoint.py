@@ -150,7 +150,10 @@ def load_checkpoint(path: PathLike, device: str = "cpu") -> LoadedRun:
             f"{path} has checkpoint version {payload.get('version')}; this version of "
             f"pyro-autoformer reads version {VERSION}"
         )
-    config = RunConfig.from_dict(json.loads(payload["config"]))
+    values = json.loads(payload["config"])
+    # A run trained on a GPU loads on the device asked for now.
+    values.setdefault("train", {})["device"] = str(device)
+    config = RunConfig.from_dict(values)
     scaler = StandardScaler.from_dict(json.loads(payload["scaler"]))
     columns = list(payload["columns"])
     target_columns = list(payload["target_columns"])

@@ -64,6 +64,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--pred_len", type=int, default=96)
     data.add_argument("--split", choices=("auto", "ett", "ratio"), default="auto")
     data.add_argument("--gaps", choices=("raise", "interpolate"), default="raise")
+    data.add_argument("--date_column", default="date")
+    data.add_argument(
+        "--split_ratios",
+        type=_float_list,
+        default=[0.7, 0.1, 0.2],
+        help="train,val,test fractions for files split by ratio",
+    )
 
     net = parser.add_argument_group("network (defaults from --preset)")
     net.add_argument("--model", choices=MODELS, default="BayesianEnhancedAutoformer")
@@ -200,6 +207,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             pred_len=args.pred_len,
             split=args.split,
             gaps=args.gaps,
+            date_column=args.date_column,
+            split_ratios=tuple(args.split_ratios),
         ),
         sizes=dataclasses.replace(sizes, **overrides),
         bayes=BayesianConfig(

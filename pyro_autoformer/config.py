@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .autoformer import AutoformerConfig
 from .bayesian import BayesianConfig
 from .data import DataConfig
@@ -213,6 +215,13 @@ class TrainConfig:
             raise ValueError(
                 f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {self.device!r} was asked for, but this PyTorch build sees "
+                "no CUDA device (torch.cuda.is_available() is False)"
+            )
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' was asked for, but MPS is not available")
 
 
 @dataclass(frozen=True)

@@ -424,6 +424,8 @@ def forecast_run(
                 row[f"q{level:g}"] = float(quantiles[j, step, k])
             rows.append(row)
     output = Path(output) if output is not None else Path(run_dir) / "forecast.csv"
+    if not output.parent.is_dir():
+        raise RunError(f"cannot write {output}: {output.parent} is not a directory")
     handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
     os.close(handle)
     try:

@@ -289,6 +289,12 @@ class SVITrainer:
                 raise NonFiniteLossError(f"no finite step in epoch {epoch}")
 
             val_mse, val_nll = self.validate()
+            if not math.isfinite(val_mse):
+                raise NonFiniteLossError(
+                    f"the validation MSE is {val_mse} after epoch {epoch} (step "
+                    f"{step}): the run diverged; lower the learning rate or "
+                    "init_scale, or check the data scaling"
+                )
             means = {k: v / done for k, v in sums.items()}
             if self.tuning.update_every == "epoch":
                 self._update_tuner(epoch, means["data"], means["kl"], val_loss=val_nll)
@@ -330,19 +336,25 @@ class SVITrainer:
                     logger.info("early stopping after epoch %d", epoch)
                     break
             _halve_learning_rate(optimizer)
-        if best[1] is not None:
-            self._load_state(best[1])
+        if best[1] is None:
+            raise NonFiniteLossError(
+                "no epoch ended with finite parameters and validation MSE"
+            )
+        self._load_state(best[1])
         return self.epochs
 
     def _state(self):
         return (
             copy.deepcopy(self.model.state_dict()),
             copy.deepcopy(self.guide.state_dict()),
+            self.tuner.kl_weight,
         )
 
     def _load_state(self, state):
         self.model.load_state_dict(state[0])
         self.guide.load_state_dict(state[1])
+        # The weight in force for the restored epoch, so a saved run reports it.
+        self.model.kl_weight = state[2]
 
 
 def train_deterministic(

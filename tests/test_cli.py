@@ -269,8 +269,9 @@ def assert_clean_refusal(result, *fragments):
         (["--kl_tuning_method", "foo"], ["--kl_tuning_method", "'foo'"]),
         (["--label_len", "48"], ["label_len=48", "seq_len=24"]),
         (["--data_path", "does/not/exist.csv"], ["does/not/exist.csv"]),
+        (["--device", "cuda:0"], ["'cuda:0'", "no CUDA device"]),
     ],
-    ids=["features", "kl_tuning_method", "label_len", "missing-data-file"],
+    ids=["features", "kl_tuning_method", "label_len", "missing-data-file", "cuda"],
 )
 def test_train_refuses_bad_input_and_writes_nothing(tmp_path, flags, fragments):
     output = tmp_path / "runs"

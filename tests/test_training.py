@@ -181,6 +181,30 @@ def test_a_diverged_run_writes_no_checkpoint_and_no_run_directory(
     assert list(output.rglob("*")) == []
 
 
+def test_a_non_finite_validation_mse_stops_training_and_writes_nothing(
+    csv, tmp_path, monkeypatch
+):
+    # Finite training losses can still leave the posterior unusable (scales of 0):
+    # the validation MSE is then NaN and the run must not be published.
+    monkeypatch.setattr(SVITrainer, "validate", lambda self: (math.nan, math.nan))
+    output = tmp_path / "runs"
+    config = run_config(csv, train_epochs=2, max_steps_per_epoch=3)
+    with pytest.raises(NonFiniteLossError, match="validation MSE is nan after epoch 0"):
+        train_run(config, output)
+    assert list(output.rglob("*")) == []
+
+
+def test_the_restored_epoch_keeps_the_kl_weight_it_was_trained_with(csv):
+    config = run_config(csv, train_epochs=3, patience=3)
+    trainer = make_trainer(config)
+    scripted = iter([(1.0, 1.0), (0.5, 0.8), (0.7, 0.9)])
+    trainer.validate = lambda: next(scripted)
+    weights = []
+    trainer.fit(on_epoch=lambda summary: weights.append(trainer.tuner.kl_weight))
+    assert weights[1] != weights[2]
+    assert trainer.model.kl_weight == weights[1]
+
+
 # --------------------------------------------------------------- early stopping
 
 
