@@ -101,7 +101,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--likelihood", choices=("gaussian", "studentt", "quantile"), default="gaussian"
     )
     bayes.add_argument("--quantiles", type=_float_list, default=[0.1, 0.5, 0.9])
-    bayes.add_argument("--init_scale", type=float, default=1e-3)
+    bayes.add_argument("--init_scale", type=float, default=0.02)
     bayes.add_argument("--pretrain_epochs", type=int, default=0)
 
     tuning = parser.add_argument_group("KL weight tuning")

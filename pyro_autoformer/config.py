@@ -66,11 +66,15 @@ class GuideConfig:
     """The mean-field guide's initialisation.
 
     :param float init_scale: initial posterior standard deviation of every weight.
+        With 1e-3 the scales barely move in a few epochs (Adam moves the raw scale
+        by about the learning rate per step) and the forecast's uncertainty is
+        almost all observation noise; 0.02 leaves the weights a measurable share of
+        it (about 8% of the predictive variance on ETTh1 at the CPU preset).
     :param int pretrain_epochs: epochs of deterministic training whose weights
         initialise the guide's locations (0: the network's own initialisation).
     """
 
-    init_scale: float = 1e-3
+    init_scale: float = 0.02
     pretrain_epochs: int = 0
 
     def __post_init__(self):

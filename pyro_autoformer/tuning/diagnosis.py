@@ -160,7 +160,10 @@ def _kl_share_low(frame, config) -> Finding | None:
         "regularises."
     )
     if pinned:
-        message += " The adaptive weight did not move: it is likely at max_weight."
+        message += (
+            f" The adaptive weight stayed at {weights[-1]:.3g}: it is likely held "
+            "at max_weight."
+        )
     return Finding(
         name="kl_share_low",
         message=message,
@@ -221,9 +224,13 @@ def _underfitting(frame, config) -> Finding | None:
         name="underfitting",
         message=(
             f"The data term went from {early:.4g} to {late:.4g} "
-            f"({100 * improvement:.1f}% lower; less than "
-            f"{100 * config.min_improvement:g}%): the model is not fitting, with "
-            f"a KL share of {100 * share:.1f}%."
+            + (
+                f"({100 * improvement:.1f}% lower; less than "
+                if improvement >= 0
+                else f"({100 * -improvement:.1f}% higher; a decrease of at least "
+            )
+            + f"{100 * config.min_improvement:g}% was expected): the model is not "
+            f"fitting, with a KL share of {100 * share:.1f}%."
         ),
         evidence={
             "relative_decrease": improvement,
