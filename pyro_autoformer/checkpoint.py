@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -26,6 +25,7 @@ from .autoformer import Autoformer
 from .bayesian import BayesianAutoformer
 from .config import RunConfig
 from .data import StandardScaler
+from .files import atomic_open
 from .guides import MeanFieldGuide
 
 __all__ = ["CheckpointError", "LoadedRun", "load_checkpoint", "save_checkpoint"]
@@ -109,21 +109,8 @@ def save_checkpoint(
         "guide_state": guide_state,
         "extra": json.dumps(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_open(path, "wb") as stream:
+        torch.save(payload, stream)
     return path
 
 

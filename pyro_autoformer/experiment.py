@@ -40,6 +40,7 @@ from .bayesian import BayesianAutoformer
 from .checkpoint import LoadedRun, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import ForecastData, forecast_inputs, load_data, prepare_batch, read_csv
+from .files import atomic_open
 from .guides import MeanFieldGuide
 from .metrics import ForecastMetrics, sample_quantiles
 from .plots import plot_forecast_fan, plot_metrics_by_horizon, plot_reliability
@@ -426,14 +427,6 @@ def forecast_run(
     output = Path(output) if output is not None else Path(run_dir) / "forecast.csv"
     if not output.parent.is_dir():
         raise RunError(f"cannot write {output}: {output.parent} is not a directory")
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
-    os.close(handle)
-    try:
-        pd.DataFrame(rows).to_csv(temporary, index=False)
-        os.chmod(temporary, _umask_mode(0o666))
-        os.replace(temporary, output)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_open(output, "w") as stream:
+        pd.DataFrame(rows).to_csv(stream, index=False)
     return output

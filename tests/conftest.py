@@ -1,7 +1,16 @@
 """Shared test settings."""
 
+import pyro
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def _clean_param_store():
+    # Pyro's parameter store is process-wide; each test starts and ends empty.
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
 
 
 @pytest.fixture(autouse=True)

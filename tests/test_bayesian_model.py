@@ -57,23 +57,6 @@ def tiny_inputs(config, batch=4, seed=0):
     return (x_enc, x_mark_enc, x_dec, x_mark_dec), y
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy machine
-    competing threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SampleCounter(Messenger):
     """Counts the ``pyro.sample`` statements of each name."""
 

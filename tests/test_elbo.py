@@ -17,23 +17,6 @@ FULL_SIZE, CHANNELS, SIGMA = 40, 3, 0.7
 PRIOR_STD = 1.5
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Toy models gain nothing from intra-op threads, and on a busy machine
-    competing threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def regression_model(x, y, index):
     """``w ~ N(0, 1.5^2)``, ``y[i, c] ~ N(x[i] . w[:, c] + bias, 0.7^2)``; the
     minibatch ``index`` of a training set of 40 rows, 3 target channels each."""

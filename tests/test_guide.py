@@ -39,23 +39,6 @@ LOC = np.array([0.1, -0.7, 1.9, -1.2, -0.8, 0.0, 0.4, -1.0, -2.0, 0.3, -0.9])
 RAW = np.array([-1.0, 0.5, 0.0, -2.0, -1.5, -0.3, 0.2, -3.0, -1.0, -0.5, -2.5])
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Toy models gain nothing from intra-op threads, and on a busy machine
-    competing threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _softplus(x):
     return np.log1p(np.exp(x))
 

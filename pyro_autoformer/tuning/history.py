@@ -9,11 +9,9 @@ atomically: to a temporary file in the same directory, then moved into place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,36 +19,9 @@ from typing import Union
 
 import pandas as pd
 
+from ..files import atomic_open
+
 PathLike = Union[str, os.PathLike]
-
-
-@contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
-    """Open a temporary file next to ``path`` and move it onto ``path`` on success.
-
-    Use it for any output that a crash must not leave half-written. If the block
-    raises, the temporary file is removed and ``path`` is left untouched.
-
-    :param path: the final file; missing parent directories are created.
-    :param str mode: ``"w"`` for text (UTF-8) or ``"wb"`` for bytes.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
