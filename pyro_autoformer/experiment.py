@@ -46,6 +46,7 @@ from .metrics import ForecastMetrics, sample_quantiles
 from .plots import plot_forecast_fan, plot_metrics_by_horizon, plot_reliability
 from .predictive import PosteriorPredictive
 from .training import SVITrainer, make_loader, train_deterministic
+from .tuning import per_element_weight_from_beta
 from .tuning.diagnosis import diagnose
 from .tuning.plotting import plot_history
 
@@ -289,7 +290,12 @@ def _train_into(config: RunConfig, data: ForecastData, directory: Path) -> None:
         num_samples=train.num_samples * train.noise_samples if guide else 1,
     )
     if guide is not None:
+        # beta (per-element ELBO) and the same weight on a summed KL, beta / N.
         values["final_kl_weight"] = float(model.kl_weight)
+        values["num_target_elements"] = model.num_target_elements
+        values["final_kl_weight_per_element"] = per_element_weight_from_beta(
+            model.kl_weight, model.num_target_elements
+        )
         values["final_kl"] = float(guide.kl_divergence().detach())
     _write_json(directory / "metrics.json", values)
     by_horizon = metrics.compute_by_horizon()

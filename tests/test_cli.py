@@ -136,6 +136,16 @@ def test_train_metrics_json_is_finite_with_probabilistic_scores(trained):
     assert metrics["num_samples"] == 4
 
 
+def test_train_reports_beta_and_its_per_element_equivalent(trained):
+    run_dir, _ = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # ETTh1 train rows [0, 8640) with seq_len 24 and pred_len 12 hold
+    # 8640 - 24 - 12 + 1 = 8605 windows of 12 steps x 7 channels.
+    assert metrics["num_target_elements"] == 8605 * 12 * 7
+    per_element = metrics["final_kl_weight"] / (8605 * 12 * 7)
+    assert metrics["final_kl_weight_per_element"] == pytest.approx(per_element)
+
+
 def test_train_kl_history_has_one_row_per_step_with_consistent_share(trained):
     run_dir, _ = trained
     history = pd.read_csv(run_dir / "kl_history.csv")
