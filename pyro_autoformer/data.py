@@ -191,6 +191,10 @@ class DataConfig:
         return self.seq_len + self.pred_len
 
 
+#: Relative spread below which a column counts as constant for scaling.
+_NEGLIGIBLE_SPREAD = 1e-7
+
+
 class StandardScaler:
     """Per-column standardisation ``(x - mean_) / scale_`` fitted on training rows.
 
@@ -269,15 +273,20 @@ class StandardScaler:
         mean = values.mean(axis=0)
         std = values.std(axis=0, ddof=0)
 
-        # Exactly constant columns; their std may come out as rounding noise, not 0.
-        constant = values.max(axis=0) == values.min(axis=0)
+        # Constant columns, and columns whose spread is below float32 resolution
+        # (std under 1e-7 of max(|mean|, 1)): dividing by such a std would blow
+        # rounding noise up to unit size, so they are centred but not scaled.
+        constant = (values.max(axis=0) == values.min(axis=0)) | (
+            std <= _NEGLIGIBLE_SPREAD * np.maximum(np.abs(mean), 1.0)
+        )
         names = column_names if column_names is not None else range(values.shape[1])
-        for name, is_constant in zip(names, constant):
+        for name, is_constant, spread in zip(names, constant, std):
             if is_constant:
                 logger.warning(
-                    "column %r is constant in the fitted rows; it is centred but not "
-                    "scaled (scale_ = 1)",
+                    "column %r is constant in the fitted rows (std %.3g); it is "
+                    "centred but not scaled (scale_ = 1)",
                     name,
+                    spread,
                 )
         std = np.where(constant, 1.0, std)
         self._set(mean, std, column_names)

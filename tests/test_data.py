@@ -173,6 +173,18 @@ def test_constant_column_scales_by_one_and_warns_naming_it(caplog):
     np.testing.assert_array_equal(scaler.transform(values)[:, 1], np.zeros(10))
 
 
+def test_nearly_constant_column_is_not_blown_up_by_scaling(caplog):
+    # std 1e-10 around 5.0 is far below float32 resolution (about 6e-7 at 5.0).
+    flat = 5.0 + 1e-10 * np.array([1.0, -1.0] * 5)
+    values = np.column_stack([np.arange(10.0), flat])
+    with caplog.at_level(logging.WARNING, logger="pyro_autoformer.data"):
+        scaler = StandardScaler().fit(values, column_names=["load", "flat"])
+    assert scaler.scale_[1] == 1.0
+    assert "flat" in caplog.text
+    assert np.abs(scaler.transform(values)[:, 1]).max() < 1e-9
+    assert scaler.scale_[0] == pytest.approx(np.arange(10.0).std())
+
+
 def test_scaler_round_trips_through_json():
     scaler = StandardScaler().fit(np.array([[1.0, 10.0], [3.0, 30.0]]))
     restored = StandardScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
