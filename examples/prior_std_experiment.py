@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pyro_autoformer.cli import float_list
 from pyro_autoformer.config import (
     PRESETS,
     RunConfig,
@@ -44,13 +45,8 @@ SMALL_TRAIN = dict(
 
 
 def _prior_stds(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not v > 0 for v in values):
+    values = float_list(text)
+    if any(not v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
 

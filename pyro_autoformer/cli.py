@@ -27,7 +27,7 @@ from .config import (
 )
 from .data import DataConfig
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "float_list", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _float_list(text: str) -> list[float]:
+def float_list(text: str) -> list[float]:
+    """Argument type for comma-separated numbers, e.g. ``0.01,0.1,1.0``."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -67,7 +68,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--date_column", default="date")
     data.add_argument(
         "--split_ratios",
-        type=_float_list,
+        type=float_list,
         default=[0.7, 0.1, 0.2],
         help="train,val,test fractions for files split by ratio",
     )
@@ -100,7 +101,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     bayes.add_argument(
         "--likelihood", choices=("gaussian", "studentt", "quantile"), default="gaussian"
     )
-    bayes.add_argument("--quantiles", type=_float_list, default=[0.1, 0.5, 0.9])
+    bayes.add_argument("--quantiles", type=float_list, default=[0.1, 0.5, 0.9])
     bayes.add_argument("--init_scale", type=float, default=0.02)
     bayes.add_argument("--pretrain_epochs", type=int, default=0)
 
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(prior_std=None)
     for action in sweep._actions:
         if action.dest == "prior_std":
-            action.type = _float_list
+            action.type = float_list
             action.help = "comma-separated values, e.g. 0.01,0.1,1.0"
 
     evaluate = commands.add_parser("evaluate", help="recompute a run's test metrics")

@@ -53,6 +53,7 @@ __all__ = [
     "split_borders",
     "load_data",
     "PACKAGED_DATASET",
+    "read_configured_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -982,6 +983,16 @@ def _resolve_path(config: DataConfig):
     return resources.files("pyro_autoformer.datasets").joinpath(PACKAGED_DATASET)
 
 
+def read_configured_csv(config: DataConfig) -> tuple[pd.DataFrame, str]:
+    """Read and validate ``config.data_path`` (the packaged ETTh1 file when it is
+    ``None``).
+
+    :returns: the validated frame and the file's name (which selects the split).
+    """
+    with resources.as_file(_resolve_path(config)) as path:
+        return read_csv(path, config), Path(path).name
+
+
 def load_data(config: DataConfig) -> ForecastData:
     """Read, validate, split and scale a CSV file into window datasets.
 
@@ -992,10 +1003,7 @@ def load_data(config: DataConfig) -> ForecastData:
     :param DataConfig config: the configuration; ``data_path=None`` loads the packaged
         ETTh1 file.
     """
-    location = _resolve_path(config)
-    with resources.as_file(location) as path:
-        frame = read_csv(path, config)
-        source = Path(path).name
+    frame, source = read_configured_csv(config)
 
     columns = _model_columns(frame, config)
     target_columns = columns if config.features == "M" else [config.target]

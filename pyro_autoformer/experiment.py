@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
@@ -39,8 +40,14 @@ from .autoformer import Autoformer
 from .bayesian import BayesianAutoformer
 from .checkpoint import LoadedRun, load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .data import ForecastData, forecast_inputs, load_data, prepare_batch, read_csv
-from .files import atomic_open
+from .data import (
+    ForecastData,
+    forecast_inputs,
+    load_data,
+    prepare_batch,
+    read_configured_csv,
+)
+from .files import atomic_open, publish_directory
 from .guides import MeanFieldGuide
 from .metrics import ForecastMetrics, sample_quantiles
 from .plots import plot_forecast_fan, plot_metrics_by_horizon, plot_reliability
@@ -79,19 +86,26 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def build_bayesian(config: RunConfig, data: ForecastData, init_loc=None):
-    """The model and guide of a run, for this data."""
+def build_bayesian(config: RunConfig, data: ForecastData, pretrained=None):
+    """The model and guide of a run, for this data.
+
+    :param dict pretrained: a trained deterministic Autoformer's ``state_dict``:
+        its ordinary parameters are loaded into the model and its weights become
+        the guide's initial locations.
+    """
     network = config.autoformer_config(data.enc_in, data.c_out)
     model = BayesianAutoformer(network, config.bayes, dataset_size=len(data.train))
+    init_loc = None
+    if pretrained is not None:
+        model.load_deterministic_state(pretrained)
+        _, init_loc = model.split_state_dict(pretrained)
     guide = MeanFieldGuide(model, init_scale=config.guide.init_scale, init_loc=init_loc)
     return model, guide
 
 
-def _pretrained_locations(config: RunConfig, data: ForecastData):
-    """Train the deterministic network briefly; return its state for the guide."""
+def _pretrain(config: RunConfig, data: ForecastData):
+    """Train the deterministic network for ``pretrain_epochs``; return its state."""
     network = Autoformer(config.autoformer_config(data.enc_in, data.c_out))
-    from dataclasses import replace
-
     pretrain = replace(config.train, train_epochs=config.guide.pretrain_epochs)
     train_deterministic(network, data, pretrain)
     return network.state_dict()
@@ -172,21 +186,6 @@ def _fan_chart(model, guide, data: ForecastData, predictive, path: Path) -> None
     )
 
 
-def _umask_mode(mode: int = 0o777) -> int:
-    """``mode`` less the process umask: what a plain mkdir or open would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def publish(staging: Path, final: Path) -> None:
-    """Give a finished staging directory ordinary permissions and its final name."""
-    os.chmod(staging, _umask_mode())
-    for path in staging.rglob("*"):
-        os.chmod(path, _umask_mode(0o777 if path.is_dir() else 0o666))
-    os.replace(staging, final)
-
-
 def _new_run_dir(output_dir: PathLike, des: str) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +210,7 @@ def train_run(config: RunConfig, output_dir: PathLike = "runs") -> Path:
     staging, final = _new_run_dir(output_dir, config.des)
     try:
         _train_into(config, data, staging)
-        publish(staging, final)
+        publish_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -225,17 +224,10 @@ def _train_into(config: RunConfig, data: ForecastData, directory: Path) -> None:
     _write_json(directory / "config.json", config.to_dict())
 
     if config.bayesian:
-        init_loc = None
+        pretrained = None
         if config.guide.pretrain_epochs > 0:
-            state = _pretrained_locations(config, data)
-            init_loc = state
-        model, guide = build_bayesian(config, data)
-        if init_loc is not None:
-            model.load_deterministic_state(init_loc)
-            _, weights = model.split_state_dict(init_loc)
-            guide = MeanFieldGuide(
-                model, init_scale=config.guide.init_scale, init_loc=weights
-            )
+            pretrained = _pretrain(config, data)
+        model, guide = build_bayesian(config, data, pretrained)
         trainer = SVITrainer(model, guide, data, config.tuning, train)
         epochs = [e.as_dict() for e in trainer.fit()]
         tuner = trainer.tuner
@@ -374,21 +366,11 @@ def forecast_run(
     run = load_run(run_dir, device)
     data_config = run.config.data
     if data_path is not None:
-        from dataclasses import replace
-
         data_config = replace(data_config, data_path=os.fspath(data_path))
     source = data_config.data_path
-    if source is None:
-        from importlib import resources
-
-        with resources.as_file(
-            resources.files("pyro_autoformer.datasets").joinpath("ETTh1.csv")
-        ) as packaged:
-            frame = read_csv(packaged, data_config)
-    else:
-        if not Path(source).is_file():
-            raise RunError(f"data file {source} does not exist")
-        frame = read_csv(source, data_config)
+    if source is not None and not Path(source).is_file():
+        raise RunError(f"data file {source} does not exist")
+    frame, _ = read_configured_csv(data_config)
     available = list(frame.columns)
     missing = [c for c in run.columns if c not in available]
     if missing:

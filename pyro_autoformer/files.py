@@ -9,9 +9,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
-__all__ = ["atomic_open"]
+__all__ = ["atomic_open", "publish_directory", "umask_mode"]
 
 PathLike = Union[str, os.PathLike]
+
+
+def umask_mode(mode: int = 0o777) -> int:
+    """``mode`` less the process umask: what a plain mkdir or open would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def publish_directory(staging: Path, final: Path) -> None:
+    """Give a finished staging directory (made private by ``tempfile.mkdtemp``)
+    ordinary permissions, then its final name in one rename."""
+    os.chmod(staging, umask_mode())
+    for path in staging.rglob("*"):
+        os.chmod(path, umask_mode(0o777 if path.is_dir() else 0o666))
+    os.replace(staging, final)
 
 
 @contextlib.contextmanager
@@ -35,7 +51,7 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

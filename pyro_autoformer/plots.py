@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +125,10 @@ def _new_figure(rows: int, cols: int, panel_size: tuple[float, float]):
 
 
 def _write_png(figure: Figure, path: str | os.PathLike) -> Path:
-    """Save a figure to ``path`` through a temporary file and ``os.replace``."""
+    """Save a figure to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=_DPI)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=_DPI)
     logger.debug("wrote %s", path)
     return path
 

@@ -25,7 +25,8 @@ import pandas as pd
 
 from .config import RunConfig
 from .data import load_data
-from .experiment import publish, train_run
+from .experiment import train_run
+from .files import publish_directory
 from .plots import plot_comparison
 from .tuning.policies import SCHEDULES
 
@@ -116,7 +117,7 @@ def _study(
             metrics=drawn,
             title=f"{name}: test metrics by run",
         )
-        publish(staging, final)
+        publish_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

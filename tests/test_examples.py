@@ -48,7 +48,7 @@ TINY = (
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_example(script, *args, cwd, timeout=300):
+def run_example(script, *args, cwd, timeout=300, check=True):
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *map(str, args)],
         capture_output=True,
@@ -57,7 +57,8 @@ def run_example(script, *args, cwd, timeout=300):
         cwd=cwd,
         timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return result
 
@@ -265,20 +266,15 @@ def test_training_script_des_ablation_runs_the_ablation(tmp_path):
 
 
 def test_training_script_refuses_an_unknown_method_in_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "train_bayesian_with_kl_tuning.py"),
-            "--kl_tuning_method",
-            "foo",
-            "--output_dir",
-            str(tmp_path / "runs"),
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
+    result = run_example(
+        "train_bayesian_with_kl_tuning.py",
+        "--kl_tuning_method",
+        "foo",
+        "--output_dir",
+        str(tmp_path / "runs"),
         cwd=tmp_path,
         timeout=120,
+        check=False,
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
@@ -380,19 +376,14 @@ def test_analysis_summarises_every_layer_group(analysis):
 
 
 def test_analysis_refuses_a_directory_that_is_not_a_run(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "posterior_predictive_analysis.py"),
-            str(tmp_path),
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
+    result = run_example(
+        "posterior_predictive_analysis.py",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "out"),
         cwd=tmp_path,
         timeout=120,
+        check=False,
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pyro_autoformer.autoformer import Autoformer
 from pyro_autoformer.bayesian import BayesianAutoformer
 from pyro_autoformer.config import (
     GuideConfig,
@@ -298,3 +299,25 @@ def test_the_elbo_uses_the_weight_the_tuner_chose(csv):
     assert trainer.elbo.last.beta == pytest.approx(0.37)
     assert [r.weight for r in trainer.tuner.history] == pytest.approx([0.37] * 3)
     assert trainer.model.kl_weight == pytest.approx(0.37)
+
+
+# ------------------------------------------------------------ pretraining
+
+
+def test_a_pretrained_network_initialises_the_model_and_the_guide(csv):
+    config = run_config(csv)
+    data = load_data(config.data)
+    network = Autoformer(config.autoformer_config(data.enc_in, data.c_out))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_()
+    state = network.state_dict()
+
+    model, guide = build_bayesian(config, data, pretrained=state)
+
+    medians = guide.median()
+    assert set(medians) == set(model.site_names)
+    for name, value in medians.items():
+        torch.testing.assert_close(value, state[name])
+    for name, value in model.net.state_dict().items():
+        torch.testing.assert_close(value, state[name])

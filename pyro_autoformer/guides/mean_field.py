@@ -170,6 +170,7 @@ class MeanFieldGuide(AutoGuide):
         )
         raw_scale = math.log(math.expm1(self.init_scale))
         self._sites = sites
+        self._sizes = [math.prod(shape) for shape in sites.values()]
         self.loc = nn.Parameter(flat_loc)
         self.raw_scale = nn.Parameter(torch.full_like(flat_loc, raw_scale))
         self.analytic_kl = analytic
@@ -199,8 +200,7 @@ class MeanFieldGuide(AutoGuide):
             )
 
     def _split(self, flat: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        sizes = [math.prod(s) for s in self._sites.values()]
-        parts = torch.split(flat, sizes)
+        parts = torch.split(flat, self._sizes)
         return OrderedDict(
             (name, part.view(shape))
             for (name, shape), part in zip(self._sites.items(), parts)
